@@ -97,14 +97,24 @@ def validate(model: type[M], data: dict[str, Any], path: Path) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(file)"
-        problem = err["msg"]
-        if err["type"] == "extra_forbidden":
-            allowed = ", ".join(_allowed_fields(model, err["loc"][:-1]))
-            problem = f"unknown field; allowed here: {allowed}"
-        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
-        raise SpecError(str(path), field, problem + more) from None
+        # An unknown field is usually a typo that also explains a "missing" one: report it first.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        problems = [(_field(e), _problem(model, e)) for e in errors]
+        field, problem = problems[0]
+        others = "; ".join(f"{f}: {p}" for f, p in problems[1:4])
+        if others:
+            problem += f" (also {others})"
+        raise SpecError(str(path), field, problem) from None
+
+
+def _field(err: Any) -> str:
+    return ".".join(str(p) for p in err["loc"]) or "(file)"
+
+
+def _problem(model: type[BaseModel], err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return f"unknown field; allowed here: {', '.join(_allowed_fields(model, err['loc'][:-1]))}"
+    return str(err["msg"])
 
 
 def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -1,0 +1,118 @@
+"""`plan`, `build` and `cache`: a few lines each over llmos_edge.build and llmos_edge.cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .output import emit_json, json_option, table
+
+_QUANTS = click.Choice(["fp32", "fp16", "int8", "int4"])
+_FORMATS = click.Choice(["onnx-genai", "onnx", "tflite"])
+
+
+def _target_recipe(fn: Any) -> Any:
+    fn = click.option("--recipe", "-r", default="smollm2-135m-instruct", show_default=True,
+                      help="Recipe name or path to a recipe .toml.")(fn)
+    fn = click.option("--target", "-t", default="host", show_default=True, help="Target profile name.")(fn)
+    fn = click.option("--quant", type=_QUANTS, help="Override the target's quantization.")(fn)
+    return click.option("--format", "fmt", type=_FORMATS, help="Override the model format.")(fn)
+
+
+@click.command("plan")
+@_target_recipe
+@json_option
+def plan_cmd(target: str, recipe: str, quant: str | None, fmt: str | None, as_json: bool) -> None:
+    """Show the resolved build plan without running it."""
+    from ..build import plan
+
+    data = plan(target, recipe, quant=quant, format=fmt).to_dict()  # type: ignore[arg-type]
+    if as_json:
+        emit_json(data)
+        return
+    rows = [(k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in data.items()]
+    table(f"plan: {recipe} for {target}", ["field", "value"], rows)
+
+
+@click.command("build")
+@_target_recipe
+@click.option("--out", "-o", type=click.Path(path_type=Path), help="Output folder [build/RECIPE-TARGET].")
+@click.option("--no-cache", is_flag=True, help="Re-run every stage.")
+@click.option("--key", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Ed25519 signing key (llmos-edge keys generate).")
+@click.option("--unsigned", is_flag=True, help="Do not sign the bundle (deploy will refuse it).")
+@click.option("--no-wheels", is_flag=True, help="Leave the runtime's offline wheels out of the bundle.")
+@click.option("--encrypt-for", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Encrypt model weights for this device X25519 public key.")
+@click.option("--bundle-version", default="0.1.0", show_default=True, help="Bundle version (semver).")
+@click.option("--prompt", help="After building, ask the model this and print its answer.")
+@json_option
+def build_cmd(target: str, recipe: str, quant: str | None, fmt: str | None, out: Path | None,
+              no_cache: bool, key: Path | None, unsigned: bool, no_wheels: bool,
+              encrypt_for: Path | None, bundle_version: str, prompt: str | None, as_json: bool) -> None:
+    """Build a quality-checked, signed device bundle for TARGET from RECIPE."""
+    from ..build import answer, build
+
+    result = build(target, recipe, out=out, quant=quant, format=fmt,  # type: ignore[arg-type]
+                   no_cache=no_cache, signing_key=key, unsigned=unsigned, wheels=not no_wheels,
+                   encrypt_for=encrypt_for, version=bundle_version, progress=not as_json)
+    reply = answer(result, prompt) if prompt else None
+    if as_json:
+        emit_json({**result.report, "out_dir": str(result.out_dir), "answer": reply})
+        return
+    _print_summary(result)
+    if reply is not None:
+        click.echo(f"\n{prompt}\n> {reply}")
+
+
+def _print_summary(result: Any) -> None:
+    rep = result.report
+    quality = rep.get("model", {}).get("quality", {})
+    rows = [
+        ("bundle", result.bundle_dir),
+        ("image", f"{result.image} ({rep['bundle']['image_bytes'] / 1e6:.1f} MB)"),
+        ("image sha256", rep["bundle"]["image_sha256"]),
+        ("signed", rep["bundle"]["signed"]),
+        ("quality", _quality_line(quality)),
+        ("seconds", rep["seconds"]),
+    ]
+    table(f"built {result.plan.recipe.name} for {result.plan.target.name} "
+          f"({result.plan.format}, {result.plan.quant})", ["", ""], rows)
+
+
+def _quality_line(q: dict[str, Any]) -> str:
+    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in q.items()
+             if k in ("perplexity", "reference_perplexity", "perplexity_ratio", "cosine", "passed")]
+    return ", ".join(parts) or "n/a"
+
+
+@click.group()
+def cache() -> None:
+    """The content-addressed stage cache."""
+
+
+@cache.command("ls")
+@json_option
+def cache_ls(as_json: bool) -> None:
+    """List cached stage outputs."""
+    from .. import cache as stage_cache
+
+    entries = stage_cache.list_entries()
+    if as_json:
+        emit_json([e.to_dict() for e in entries])
+        return
+    table("stage cache", ["stage", "key", "MB", "last used"],
+          [(e.stage, e.key[:16], f"{e.size / 1e6:.1f}", e.last_used) for e in entries])
+
+
+@cache.command("prune")
+@click.option("--older-than-days", type=float, default=None, help="Remove entries unused for this long.")
+@click.option("--all", "prune_all", is_flag=True, help="Remove everything.")
+def cache_prune(older_than_days: float | None, prune_all: bool) -> None:
+    """Remove cached stage outputs."""
+    from .. import cache as stage_cache
+
+    freed = stage_cache.prune(older_than_days=None if prune_all else older_than_days, everything=prune_all)
+    click.echo(f"freed {freed / 1e6:.1f} MB")

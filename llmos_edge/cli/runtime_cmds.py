@@ -1,0 +1,203 @@
+"""`run`, `serve`, `smoke`: thin commands over the on-device runtime (llmos_edge.runtime)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ..errors import CheckFailed, UserError
+
+if TYPE_CHECKING:
+    from ..runtime.config import RuntimeConfig
+
+
+@contextlib.contextmanager
+def _runtime_errors() -> Iterator[None]:
+    """Map the self-contained runtime's errors onto the CLI's categories."""
+    from ..runtime.errors import ApiError, RuntimeFailure
+
+    try:
+        yield
+    except ApiError as exc:
+        raise UserError(
+            exc.message, hints=["check the model id and parameters", "`llmos-edge inspect BUNDLE`"]
+        ) from exc
+    except RuntimeFailure as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _open(path: Path) -> Path:
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        from ..bundle import open_bundle
+
+        return open_bundle(path)
+    return path
+
+
+def resolve_config(paths: list[Path], device_key: Path | None = None) -> RuntimeConfig:
+    """Bundle folders/images (config/runtime.json) and model dirs (llmos_model.json) -> one config."""
+    from ..runtime.config import config_for_model_dirs, load_config
+
+    configs = []
+    for p in map(_open, paths):
+        if (p / "config" / "runtime.json").is_file():
+            configs.append(load_config(p / "config" / "runtime.json"))
+        elif (p / "llmos_model.json").is_file():
+            configs.append(config_for_model_dirs([p]))
+        else:
+            raise UserError(
+                f"{p} is neither a bundle (config/runtime.json) nor a model dir (llmos_model.json)",
+                hints=["pass the output folder of `llmos-edge build`, or its .tar.gz image"],
+            )
+    models = tuple(m for c in configs for m in c.models)
+    ids = [m.id for m in models]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"two inputs serve the same model id: {ids}", hints=["serve each bundle separately"])
+    return replace(configs[0], models=models, device_key=device_key or configs[0].device_key)
+
+
+def _sampling_body(
+    max_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None, stop: tuple[str, ...]
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+    }
+    if seed is not None:
+        body["seed"] = seed
+    if stop:
+        body["stop"] = list(stop)
+    return body
+
+
+device_key_opt = click.option(
+    "--device-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="X25519 device private key for encrypted bundles",
+)
+
+
+@click.command("run")
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@click.argument("prompt")
+@click.option("--model", help="model id when the bundle holds several")
+@click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(1))
+@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0, 2))
+@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True))
+@click.option("--top-k", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--seed", type=int)
+@click.option("--stop", multiple=True, help="stop string (repeatable)")
+@click.option("--raw", is_flag=True, help="send PROMPT as a plain completion, without the chat template")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object with text, counts and timings")
+@device_key_opt
+def run_cmd(
+    bundle: Path,
+    prompt: str,
+    model: str | None,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    seed: int | None,
+    stop: tuple[str, ...],
+    raw: bool,
+    as_json: bool,
+    device_key: Path | None,
+) -> None:
+    """Generate once from BUNDLE (folder, image or model dir), streaming tokens to the terminal."""
+    from ..runtime.runner import generate_to
+
+    body = _sampling_body(max_tokens, temperature, top_p, top_k, seed, stop)
+    body.update({"prompt": prompt} if raw else {"messages": [{"role": "user", "content": prompt}]})
+    with _runtime_errors():
+        config = replace(resolve_config([bundle], device_key), audit_log=None)
+        write = (lambda s: None) if as_json else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+        result = generate_to(config, model, body, write)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "text": result.text,
+                    "finish_reason": result.finish_reason,
+                    "prompt_tokens": result.prompt_tokens,
+                    "completion_tokens": result.completion_tokens,
+                    "first_token_ms": round((result.first_token_s or 0) * 1000, 1),
+                    "decode_tokens_per_s": result.decode_tokens_per_s(),
+                }
+            )
+        )
+    else:
+        click.echo()
+
+
+@click.command("serve")
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--host", help="bind address (default from the config: 127.0.0.1)")
+@click.option("--port", type=int, help="port (0 = any free port)")
+@click.option("--memory-budget-mb", type=float, help="override the memory budget")
+@click.option("--api-key-env", help="name of the environment variable holding the API key")
+@click.option("--audit-log", type=click.Path(dir_okay=False, path_type=Path), help="audit log path")
+@device_key_opt
+def serve_cmd(
+    bundles: tuple[Path, ...],
+    host: str | None,
+    port: int | None,
+    memory_budget_mb: float | None,
+    api_key_env: str | None,
+    audit_log: Path | None,
+    device_key: Path | None,
+) -> None:
+    """Serve one or more bundles/model dirs behind one OpenAI-compatible API."""
+    from ..runtime.server import serve_forever
+
+    with _runtime_errors():
+        config = resolve_config(list(bundles), device_key).with_overrides(
+            host=host,
+            port=port,
+            memory_budget_mb=memory_budget_mb,
+            api_key_env=api_key_env,
+            audit_log=audit_log,
+        )
+        serve_forever(config)
+
+
+@click.command("smoke")
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--golden",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="golden prompts (default: BUNDLE/smoke/golden.json)",
+)
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="write the JSON report here")
+@click.option("--url", help="test a running server instead of starting one")
+@device_key_opt
+def smoke_cmd(
+    bundle: Path, golden: Path | None, report: Path | None, url: str | None, device_key: Path | None
+) -> None:
+    """Run the golden prompts and latency/throughput limits; exit 4 on failure."""
+    from ..runtime.smoke import load_golden, smoke_with_config, write_report
+
+    folder = _open(bundle)
+    golden = golden or folder / "smoke" / "golden.json"
+    if not golden.is_file():
+        raise UserError(f"no golden file at {golden}", hints=["pass --golden FILE"])
+    with _runtime_errors():
+        config = replace(resolve_config([folder], device_key), audit_log=None)
+        result = smoke_with_config(config, load_golden(golden), url)
+    if report:
+        write_report(result, report)
+    click.echo(json.dumps({"ok": result["ok"], "summary": result["summary"]}, indent=2))
+    if not result["ok"]:
+        failed = [r["name"] for r in result["results"] if not r["ok"]] + result["summary"]["failures"]
+        raise CheckFailed(
+            f"smoke failed: {failed}", hints=["see the report for the generated text and timings"]
+        )
