@@ -1,0 +1,96 @@
+"""manifest.json: its exact bytes (what gets signed), parsing, and the verified view of it."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckFailed, UserError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+NOT_IN_FILES = frozenset({MANIFEST, SIGNATURE})
+DEFAULT_EPOCH = 0  # used when SOURCE_DATE_EPOCH is unset: builds stay reproducible by default
+
+
+def source_date_epoch() -> int:
+    """SOURCE_DATE_EPOCH (reproducible-builds.org) or 0 when unset."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH")
+    if raw is None or raw == "":
+        return DEFAULT_EPOCH
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UserError(f"SOURCE_DATE_EPOCH={raw!r} is not a non-negative integer (seconds since 1970)",
+                        hints=["unset it, or set it to e.g. $(git log -1 --format=%ct)"])
+    return value
+
+
+def created_iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def dump(manifest: dict[str, Any]) -> bytes:
+    """The canonical bytes: sorted keys, 2-space indent, ASCII, trailing newline."""
+    return (json.dumps(manifest, sort_keys=True, indent=2, ensure_ascii=True) + "\n").encode()
+
+
+def parse(data: bytes, where: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckFailed(f"{where} is not valid JSON: {exc}",
+                          hints=["the bundle is damaged; rebuild or re-download it"]) from exc
+    if not isinstance(raw, dict) or raw.get("schema_version") != SCHEMA_VERSION:
+        raise CheckFailed(f"{where}: unsupported manifest (schema_version must be {SCHEMA_VERSION})",
+                          hints=["use the llmos-edge version that built the bundle"])
+    files = raw.get("files")
+    if not isinstance(files, dict) or not all(_is_entry(v) for v in files.values()):
+        raise CheckFailed(f"{where}: 'files' must map paths to {{sha256, size}}")
+    return raw
+
+
+def _is_entry(value: Any) -> bool:
+    return (isinstance(value, dict) and isinstance(value.get("sha256"), str)
+            and isinstance(value.get("size"), int))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest that passed verification, and how it was trusted."""
+
+    raw: dict[str, Any]
+    folder: Path
+    signed_by: str | None  # key id (sha256 of the raw Ed25519 public key), None when unsigned
+    unsigned_allowed: bool = False  # True: accepted without a valid signature because the user asked
+
+    @property
+    def name(self) -> str:
+        return str(self.raw["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.raw["bundle_version"])
+
+    @property
+    def files(self) -> dict[str, dict[str, Any]]:
+        files: dict[str, dict[str, Any]] = self.raw["files"]
+        return files
+
+    @property
+    def encrypted(self) -> dict[str, Any] | None:
+        enc: dict[str, Any] | None = self.raw.get("encrypted")
+        return enc
+
+    @property
+    def trust(self) -> str:
+        if self.signed_by:
+            return f"signed by key {self.signed_by[:16]}"
+        return "UNSIGNED (accepted because --allow-unsigned was given)"

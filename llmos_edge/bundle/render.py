@@ -1,0 +1,116 @@
+"""Render the bundle's text files from firmware_templates/<kind>/ and from a recipe.
+
+The project's own templates are trusted and use a normal environment; templates a recipe brings
+are data from outside and run in an immutable sandbox. Both use StrictUndefined so a missing
+variable stops the build instead of shipping an empty setting.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..errors import BugError, UserError
+from ..paths import shipped_dir
+
+TEMPLATE_SUFFIX = ".j2"
+RESERVED_TOP = frozenset({"models", "runtime", "wheels", "manifest.json", "manifest.sig"})
+
+
+def _to_json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=True)
+
+
+def _filters() -> dict[str, Any]:
+    return {"to_json": _to_json, "sh_quote": _sh_quote}
+
+
+def _sh_quote(value: Any) -> str:
+    import shlex
+
+    return shlex.quote(str(value))
+
+
+def template_dir(kind: str) -> Path:
+    folder = shipped_dir("firmware_templates") / kind
+    if not folder.is_dir():
+        raise UserError(f"no bundle templates for bundle kind {kind!r} ({folder} is missing)",
+                        hints=["this llmos-edge cannot bundle for that target kind"])
+    return folder
+
+
+def render_project(kind: str, context: Mapping[str, Any]) -> dict[str, tuple[str, bool]]:
+    """relpath -> (text, executable) for every file under firmware_templates/<kind>/."""
+    import jinja2
+
+    folder = template_dir(kind)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(folder)), undefined=jinja2.StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True,
+        keep_trailing_newline=True, autoescape=False,
+    )
+    env.filters.update(_filters())
+    out: dict[str, tuple[str, bool]] = {}
+    for src in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = src.relative_to(folder).as_posix()
+        if not rel.endswith(TEMPLATE_SUFFIX):
+            text = src.read_text(encoding="utf-8")
+        else:
+            try:
+                text = env.get_template(rel).render(**context)
+            except jinja2.UndefinedError as exc:
+                raise BugError(f"template {src}: {exc.message}") from exc
+            rel = rel[: -len(TEMPLATE_SUFFIX)]
+        # scripts are executable: a shebang is the signal (file modes do not survive every checkout)
+        out[rel] = (text, text.startswith("#!") or rel.startswith("bin/"))
+    return out
+
+
+def check_output_path(relpath: str, recipe: str) -> str:
+    """A recipe may add files, but only inside the bundle and not over what the bundle owns."""
+    bad = _path_problem(relpath)
+    if bad:
+        raise UserError(f"recipe {recipe!r}: templates entry {relpath!r} {bad}",
+                        hints=["use a relative path inside the bundle, e.g. extra/notes.txt"])
+    return PurePosixPath(relpath).as_posix()
+
+
+def _path_problem(relpath: str) -> str | None:
+    if not relpath or "\\" in relpath or "\0" in relpath:
+        return "is empty or contains a backslash / NUL"
+    p = PurePosixPath(relpath)
+    if p.is_absolute():
+        return "is an absolute path"
+    if any(part in ("..", ".", "") for part in relpath.split("/")):
+        return "contains '..' or '.' or an empty component"
+    if p.parts[0] in RESERVED_TOP:
+        return f"would write into {p.parts[0]}, which the bundle itself owns"
+    return None
+
+
+def render_recipe_templates(templates: Mapping[str, str], context: Mapping[str, Any],
+                            recipe: str) -> dict[str, str]:
+    """Render recipe-supplied templates in an ImmutableSandboxedEnvironment."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+    env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                                        autoescape=False)
+    env.filters["to_json"] = _to_json
+    out: dict[str, str] = {}
+    for relpath in sorted(templates):
+        rel = check_output_path(relpath, recipe)
+        where = f"recipe {recipe!r}: template {relpath!r}"
+        try:
+            out[rel] = env.from_string(templates[relpath]).render(**context)
+        except SecurityError as exc:
+            raise UserError(f"{where} tried an operation the sandbox forbids: {exc}",
+                            hints=["recipe templates may only use the variables they are given"]) from exc
+        except jinja2.UndefinedError as exc:
+            raise UserError(f"{where} uses an undefined variable: {exc.message}",
+                            hints=[f"available: {', '.join(sorted(context))}"]) from exc
+        except jinja2.TemplateError as exc:
+            raise UserError(f"{where} is not a valid Jinja2 template: {exc}") from exc
+    return out
