@@ -116,11 +116,11 @@ def _make_bundle(the_plan: BuildPlan, model: Any, out: Path, *, key: Path | None
 
 
 def _runtime_target(the_plan: BuildPlan) -> Any:
-    """For host-offload targets the bundle runs on the host the chip is attached to."""
-    esp = the_plan.target.esp32
-    if the_plan.target.bundle_kind == "esp32s3-host-offload" and esp is not None:
-        host = spec.load_target(esp.host_target)
-        return host.model_copy(update={"bundle_kind": "esp32s3-host-offload", "esp32": esp})
+    """For host-offload targets the bundle runs on the host the chip is attached to (+ the bridge)."""
+    if the_plan.target.bundle_kind == "esp32s3-host-offload" and the_plan.target.esp32 is not None:
+        from .esp32.hostpkg import host_bundle_target
+
+        return host_bundle_target(the_plan.target)
     return the_plan.target
 
 

@@ -47,6 +47,10 @@ def _fill(spec: BundleSpec, root: Path, epoch: int) -> dict[str, Any]:
     model_meta = {mid: _copy_model(src, root / "models" / mid, root, sealer)
                   for mid, src in spec.models.items()}
     _copy_runtime(root / "runtime" / "llmos_runtime")
+    if _has_bridge(spec):
+        from ..esp32.hostpkg import copy_bridge
+
+        copy_bridge(root / "bridge" / "llmos_bridge")
     ctx = _context(spec, model_meta, epoch, encrypted=sealer is not None)
     for rel, (text, executable) in render_project(spec.target.bundle_kind, ctx).items():
         _write(root / rel, text.encode(), executable)
@@ -56,6 +60,11 @@ def _fill(spec: BundleSpec, root: Path, epoch: int) -> dict[str, Any]:
     manifest = _manifest(spec, root, epoch, wheels, sealer)
     _sign(spec, root, manifest)
     return manifest
+
+
+def _has_bridge(spec: BundleSpec) -> bool:
+    """Host bundles of ESP32 host-offload targets also carry the serial bridge (llmos_bridge)."""
+    return spec.target.bundle_kind == "esp32s3-host-offload" and spec.target.esp32 is not None
 
 
 def _tree_size(path: Path) -> int:
@@ -139,12 +148,18 @@ def _context(spec: BundleSpec, model_meta: dict[str, dict[str, Any]], epoch: int
              encrypted: bool) -> dict[str, Any]:
     root = spec.target.install.root
     unit_root = "%h" + root[1:] if root.startswith("~") else root.rstrip("/")
-    return {"bundle": {"name": spec.bundle_name, "version": spec.version, "recipe": spec.recipe,
-                       "created": mf.created_iso(epoch)},
-            "target": spec.target, "install_root_unit": unit_root,
-            "runtime_config": _runtime_config(spec, model_meta), "golden": _golden(spec, model_meta),
-            "models": sorted(model_meta), "encrypted": encrypted,
-            "device_key_path": spec.config_overrides.get("device_key") or DEVICE_KEY_PATH}
+    runtime_config = _runtime_config(spec, model_meta)
+    ctx = {"bundle": {"name": spec.bundle_name, "version": spec.version, "recipe": spec.recipe,
+                      "created": mf.created_iso(epoch)},
+           "target": spec.target, "install_root_unit": unit_root,
+           "runtime_config": runtime_config, "golden": _golden(spec, model_meta),
+           "models": sorted(model_meta), "encrypted": encrypted,
+           "device_key_path": spec.config_overrides.get("device_key") or DEVICE_KEY_PATH}
+    if _has_bridge(spec):
+        from ..esp32.hostpkg import bridge_context
+
+        ctx["bridge"] = bridge_context(spec.target, runtime_config)
+    return ctx
 
 
 def _add_recipe_templates(spec: BundleSpec, root: Path, ctx: dict[str, Any]) -> None:
@@ -166,10 +181,15 @@ def _add_wheels(spec: BundleSpec, root: Path, encrypted: bool) -> dict[str, Any]
     from .wheels import copy_wheels, fetch_wheels, pinned_requirements
 
     plat = spec.target.platform
-    src = fetch_wheels(plat.wheel_platforms, plat.python, encrypted)
+    extra: tuple[str, ...] = ()
+    if _has_bridge(spec):
+        from ..esp32.hostpkg import BRIDGE_DISTS
+
+        extra = BRIDGE_DISTS
+    src = fetch_wheels(plat.wheel_platforms, plat.python, encrypted, extra)
     names = copy_wheels(src, root / "wheels")
     return {"platforms": list(plat.wheel_platforms), "python": plat.python,
-            "requirements": pinned_requirements(encrypted, plat.python), "files": names}
+            "requirements": pinned_requirements(encrypted, plat.python, extra), "files": names}
 
 
 def _files(root: Path) -> dict[str, dict[str, Any]]:

@@ -16,7 +16,13 @@ from ..errors import BugError, UserError
 from ..paths import shipped_dir
 
 TEMPLATE_SUFFIX = ".j2"
-RESERVED_TOP = frozenset({"models", "runtime", "wheels", "manifest.json", "manifest.sig"})
+RESERVED_TOP = frozenset({"models", "runtime", "bridge", "wheels", "manifest.json", "manifest.sig"})
+# A bundle kind = template folders laid over each other (kind, sub-folder); later layers add files.
+# The host half of an ESP32 host-offload system is a linux-service bundle plus the bridge files in
+# firmware_templates/esp32s3-host-offload/host/ (the rest of that folder is the ESP-IDF project).
+KIND_LAYERS: dict[str, tuple[tuple[str, str], ...]] = {
+    "esp32s3-host-offload": (("linux-service", ""), ("esp32s3-host-offload", "host")),
+}
 
 
 def _to_json(value: Any) -> str:
@@ -42,10 +48,20 @@ def template_dir(kind: str) -> Path:
 
 
 def render_project(kind: str, context: Mapping[str, Any]) -> dict[str, tuple[str, bool]]:
-    """relpath -> (text, executable) for every file under firmware_templates/<kind>/."""
+    """relpath -> (text, executable) for every file of the kind's template layers."""
+    out: dict[str, tuple[str, bool]] = {}
+    for layer_kind, sub in KIND_LAYERS.get(kind, ((kind, ""),)):
+        folder = template_dir(layer_kind) / sub if sub else template_dir(layer_kind)
+        for rel, item in _render_folder(folder, context).items():
+            if rel in out:
+                raise BugError(f"template {folder / rel} would replace a file of an earlier layer")
+            out[rel] = item
+    return out
+
+
+def _render_folder(folder: Path, context: Mapping[str, Any]) -> dict[str, tuple[str, bool]]:
     import jinja2
 
-    folder = template_dir(kind)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(folder)), undefined=jinja2.StrictUndefined,
         trim_blocks=True, lstrip_blocks=True,

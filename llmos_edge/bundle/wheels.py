@@ -22,9 +22,12 @@ RUNTIME_DISTS = ("onnxruntime", "onnxruntime-genai", "numpy", "tokenizers")
 CRYPTO_DISTS = ("cryptography",)
 
 
-def pinned_requirements(encrypted: bool, python: str | None = None) -> list[str]:
-    """Exact pins when the target runs this Python; else "<=" ours (older Pythons lack our versions)."""
-    dists = RUNTIME_DISTS + (CRYPTO_DISTS if encrypted else ())
+def pinned_requirements(encrypted: bool, python: str | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+    """Exact pins when the target runs this Python; else "<=" ours (older Pythons lack our versions).
+
+    extra: more distributions the bundle's programs need (the ESP32 bridge's pyserial).
+    """
+    dists = RUNTIME_DISTS + (CRYPTO_DISTS if encrypted else ()) + extra
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     op = "==" if python in (None, here) else "<="
     pins = []
@@ -51,12 +54,13 @@ def download_command(platforms: tuple[str, ...], python: str, requirements: list
     return [*cmd, *requirements]
 
 
-def fetch_wheels(platforms: tuple[str, ...], python: str | None, encrypted: bool) -> Path:
+def fetch_wheels(platforms: tuple[str, ...], python: str | None, encrypted: bool,
+                 extra: tuple[str, ...] = ()) -> Path:
     """The cache folder holding every wheel the runtime needs on that platform."""
     if not platforms or not python:
         raise UserError("the target names no wheel_platforms / python, so offline wheels cannot be chosen",
                         hints=["add platform.wheel_platforms to the target", "or build with --no-wheels"])
-    reqs = pinned_requirements(encrypted, python)
+    reqs = pinned_requirements(encrypted, python, extra)
     dest = cache_root() / "wheels" / cache_key(platforms, python, reqs)
     if dest.is_dir():
         return dest

@@ -18,8 +18,8 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import DeviceError, LlmosError
 from . import ports
+from ._errors import DeviceError, LlmosError
 from .protocol import MAX_PAYLOAD, PROTO_VERSION, Frame, FrameType, Link, LinkClosed
 
 log = logging.getLogger("llmos_edge.esp32.bridge")

@@ -18,6 +18,7 @@ from ..fsutil import atomic_dir
 from ..paths import shipped_dir
 
 TEMPLATE = "esp32s3-host-offload"
+HOST_DIR = "host"  # the host half's files: rendered into the host bundle (bundle/render.py), not here
 APP_OFFSET = 0x10000
 
 
@@ -45,19 +46,18 @@ def firmware_context(target: Any, version: str) -> dict[str, Any]:
         "target_name": target.name, "version": version, "chip": esp.chip, "psram_mb": esp.psram_mb,
         "flash_mb": esp.flash_mb, "baud": esp.baud, "host_target": esp.host_target,
         "ota0_offset": APP_OFFSET, "ota1_offset": APP_OFFSET + ota_size, "ota_size": ota_size,
-        "port": "/dev/ttyACM0", "runtime_url": "http://127.0.0.1:8088", "request_timeout": 120,
-        "python": "/usr/bin/python3",
     }
 
 
-def render_tree(src: Path, dest: Path, context: dict[str, Any]) -> None:
+def render_tree(src: Path, dest: Path, context: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
+    """Render src into dest; `skip` names top-level folders of src to leave out."""
     import jinja2
 
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     for path in sorted(src.rglob("*")):
-        if not path.is_file():
-            continue
         rel = path.relative_to(src)
+        if not path.is_file() or rel.parts[0] in skip:
+            continue
         out = dest / (rel.with_suffix("") if path.suffix == ".j2" else rel)
         out.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".j2":
@@ -82,7 +82,7 @@ def render_firmware_project(target: Any, out_dir: Path, *, version: str) -> Firm
     """Write the ESP-IDF project to out_dir; build it with idf.py if present, else say what is missing."""
     ctx = firmware_context(target, version)
     with atomic_dir(out_dir) as tmp:
-        render_tree(template_dir(), tmp, ctx)
+        render_tree(template_dir(), tmp, ctx, skip=(HOST_DIR,))
     missing = missing_tools()
     if missing:
         return FirmwareResult(out_dir, False, missing, [])

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import DeviceError
+from ._errors import DeviceError
 
 # (vid, pid) -> what is usually behind it; VID 0x303A is Espressif's native USB.
 _KNOWN: dict[tuple[int, int | None], str] = {

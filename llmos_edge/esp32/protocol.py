@@ -17,7 +17,7 @@ import time
 import zlib
 from typing import Protocol
 
-from ..errors import DeviceError
+from ._errors import DeviceError
 
 MAGIC = b"\xa5\x5a"
 HEADER_LEN = 9

@@ -40,8 +40,8 @@ def test_render_takes_flash_psram_and_partitions_from_target(tmp_path: Path,
     assert apps[1].offset + apps[1].size <= 16 * 1024 * 1024 and apps[0].offset % 0x10000 == 0
     assert '#define LLMOS_FW_VERSION "1.2.3"' in (root / "main" / "llmos_config.h").read_text()
     assert 'set(PROJECT_VER "1.2.3")' in (root / "CMakeLists.txt").read_text()
-    unit = (root / "host" / "llmos-bridge.service").read_text()
-    assert "-m llmos_edge.esp32.bridge --port /dev/ttyACM0 --baud 921600" in unit
+    # the host half (bridge unit + launcher) goes into the host bundle, not the ESP-IDF project
+    assert not (root / "host").exists()
     assert not list(root.rglob("*.j2"))
     # the shipped protocol sources are the very files the host tests compile
     assert (root / "main" / "llmos_proto.c").read_bytes() == (PROTO_DIR / "llmos_proto.c").read_bytes()
