@@ -1,0 +1,59 @@
+"""status | rollback | logs | releases on a device, through the agent."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from ..transports.ssh import SshOptions
+from .remote import Agent
+from .run import open_transport, owner_label
+
+
+async def run_agent(
+    address: str,
+    ssh: SshOptions | None,
+    root: str,
+    command: str,
+    *args: str,
+    locked: bool = False,
+    remote_python: str = "python3",
+    timeout: float = 600,
+) -> dict[str, Any]:
+    """Run one agent command; with locked=True the device lock is held around it."""
+    transport = await open_transport(address, ssh)
+    try:
+        agent = Agent(transport, root, remote_python)
+        if not locked:
+            return await agent.call(command, *args, timeout=timeout)
+        token = uuid.uuid4().hex
+        holder = await agent.hold(token, owner_label(), 600)
+        try:
+            return await agent.call(command, "--token", token, *args, timeout=timeout)
+        finally:
+            await holder.close()
+    finally:
+        await transport.close()
+
+
+async def status(address: str, ssh: SshOptions | None, root: str) -> dict[str, Any]:
+    return await run_agent(address, ssh, root, "status")
+
+
+async def rollback(
+    address: str, ssh: SshOptions | None, root: str, to: str | None = None, timeout: float = 120
+) -> dict[str, Any]:
+    args = ["--timeout", str(timeout), *(["--to", to] if to else [])]
+    return await run_agent(address, ssh, root, "rollback", *args, locked=True, timeout=timeout * 3 + 60)
+
+
+async def logs(address: str, ssh: SshOptions | None, root: str, lines: int = 50) -> dict[str, Any]:
+    return await run_agent(address, ssh, root, "logs", "--lines", str(lines))
+
+
+async def releases(
+    address: str, ssh: SshOptions | None, root: str, keep: int | None = None
+) -> dict[str, Any]:
+    if keep is None:
+        return await run_agent(address, ssh, root, "releases")
+    return await run_agent(address, ssh, root, "releases", "--keep", str(keep), locked=True)

@@ -1,0 +1,113 @@
+"""Calling the device agent: it travels inside the command line, so probing writes nothing."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import zlib
+from pathlib import Path
+from typing import Any
+
+from ..errors import DeviceError
+from ..transports.base import Process, Transport
+
+AGENT_PATH = Path(__file__).with_name("agent.py")
+RC_SMOKE, RC_LOCKED, RC_VERIFY, RC_REFUSED = 4, 10, 12, 13
+
+
+class AgentFailed(DeviceError):
+    """The agent ran and said no; rc and payload tell the caller why."""
+
+    def __init__(
+        self, message: str, rc: int, payload: dict[str, Any], *, hints: list[str] | None = None
+    ) -> None:
+        super().__init__(message, hints=hints or [])
+        self.rc = rc
+        self.payload = payload
+
+
+@functools.cache
+def bootstrap() -> str:
+    """A python -c program that runs the agent's source, compressed into the argument."""
+    packed = base64.b64encode(zlib.compress(AGENT_PATH.read_bytes(), 9)).decode()
+    return (
+        f"import base64,sys,zlib;sys.argv[0]='llmos-agent';"
+        f"exec(compile(zlib.decompress(base64.b64decode('{packed}')),'llmos-agent','exec'))"
+    )
+
+
+class Agent:
+    def __init__(self, transport: Transport, root: str, python: str = "python3") -> None:
+        self.transport = transport
+        self.root = root
+        self.python = python
+
+    def argv(self, command: str, *options: str) -> list[str]:
+        return [self.python, "-c", bootstrap(), command, "--root", self.root, *options]
+
+    async def call(
+        self, command: str, *options: str, data: dict[str, Any] | None = None, timeout: float | None = 600
+    ) -> dict[str, Any]:
+        stdin = json.dumps(data).encode() if data is not None else b""
+        res = await self.transport.exec(self.argv(command, *options), stdin=stdin, timeout=timeout)
+        payload = _parse(res.stdout, res.stderr, self.transport.name, command)
+        if res.rc != 0 or not payload.get("ok"):
+            raise failure(self.transport.name, res.rc, payload)
+        return payload
+
+    async def hold(self, token: str, owner: str, ttl: float) -> Process:
+        """Start the lock holder; it keeps the device lock until the returned process is closed."""
+        proc = await self.transport.start(
+            self.argv("hold", "--token", token, "--owner", owner, "--ttl", str(ttl))
+        )
+        try:
+            line = await proc.readline(60)
+        except TimeoutError:
+            await proc.close()
+            raise DeviceError(f"{self.transport.name}: the device did not answer the lock request") from None
+        payload = _parse(line, b"", self.transport.name, "hold")
+        if not payload.get("ok"):
+            await proc.close()
+            raise failure(self.transport.name, RC_LOCKED, payload)
+        return proc
+
+
+def _parse(stdout: bytes, stderr: bytes, device: str, command: str) -> dict[str, Any]:
+    text = stdout.decode(errors="replace").strip().splitlines()
+    try:
+        payload = json.loads(text[-1]) if text else None
+    except json.JSONDecodeError:
+        payload = None
+    if not isinstance(payload, dict):
+        err = stderr.decode(errors="replace").strip()[-800:]
+        if "not found" in err and "python3" in err:
+            raise DeviceError(
+                f"{device} has no python3",
+                hints=["install python3 on the device (apt install python3) or pass --remote-python PATH"],
+            )
+        raise DeviceError(f"{device}: device agent '{command}' gave no answer: {err or 'no output'}")
+    return payload
+
+
+def failure(device: str, rc: int, payload: dict[str, Any]) -> AgentFailed:
+    if rc == RC_LOCKED:
+        return AgentFailed(
+            f"{device} is locked by {payload.get('holder') or 'another deploy'} "
+            f"since {_when(payload.get('since'))}",
+            rc,
+            payload,
+            hints=[
+                "wait for that deploy to finish and rerun",
+                "a lock is freed as soon as its deploy's connection ends",
+            ],
+        )
+    return AgentFailed(f"{device}: {payload.get('error', 'device agent failed')}", rc, payload)
+
+
+def _when(epoch: Any) -> str:
+    import time
+
+    if not isinstance(epoch, int | float):
+        return "an unknown time"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch)) + f" ({time.time() - epoch:.0f}s ago)"

@@ -1,0 +1,64 @@
+"""Fixtures for deploy tests: real sshd devices, signing keys, bundle factories."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from .bundles import make_bundle
+from .devices import Device, make_client_key, start_device
+
+if not (Path("/usr/sbin/sshd").exists() and os.geteuid() == 0):
+    pytest.skip(
+        "deploy tests need openssh-server (apt install openssh-server) and root to create the device user",
+        allow_module_level=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def client_key() -> Iterator[tuple[Path, Path]]:
+    """(private key, world-readable authorized_keys) shared by all devices of the session."""
+    folder = Path(tempfile.mkdtemp(prefix="llmos-dev-keys-", dir="/tmp"))
+    os.chmod(folder, 0o755)
+    key, pub = make_client_key(folder)
+    auth = folder / "authorized_keys"
+    auth.write_text(pub)
+    os.chmod(auth, 0o644)
+    yield key, auth
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from llmos_edge.bundle.keys import generate_keys
+
+    return generate_keys(tmp_path_factory.mktemp("keys") / "sign")
+
+
+@pytest.fixture
+def device(tmp_path: Path, client_key: tuple[Path, Path]) -> Iterator[Device]:
+    d = tmp_path / "device"
+    d.mkdir()
+    dev = start_device(d, client_key[0], client_key[1])
+    yield dev
+    dev.stop()
+
+
+BundleFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def bundle_for(tmp_path: Path, signing_key: tuple[Path, Path]) -> BundleFactory:
+    """bundle_for(device, version, **kw) -> a signed bundle folder; its runtime uses the device's port."""
+    out = tmp_path / "bundles"
+
+    def make(dev: Device, version: str, **kw: object) -> Path:
+        kw.setdefault("key", signing_key[0])
+        return make_bundle(out, version, port=dev.runtime_port, **kw)  # type: ignore[arg-type]
+
+    return make

@@ -1,0 +1,97 @@
+"""A bundle made by llmos_edge.bundle with a real tiny model: the real runtime serves it on the device
+and its real smoke test passes there; a config-only update then sends almost nothing.
+
+Device Python: /root is 0700, so the device user cannot run the project venv's interpreter. The test
+gives the device a world-readable venv of the system python3 that sees the project's site-packages
+(same CPython 3.11 ABI) and passes it as --device-python. (The agent's other path, a venv built from
+the bundle's offline wheels, needs wheel downloads and is not exercised here.)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .devices import DEV_USER, Device, free_port
+from .helpers import run_deploy
+
+
+@pytest.fixture(scope="module")
+def device_python() -> Iterator[str]:
+    site = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "onnxruntime").is_dir())
+    folder = Path(tempfile.mkdtemp(prefix="llmos-dev-py-", dir="/tmp"))
+    folder.chmod(0o755)
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(folder / "venv")], check=True)
+    ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    (folder / "venv" / "lib" / ver / "site-packages" / "project.pth").write_text(f"{site}\n")
+    py = str(folder / "venv" / "bin" / "python3")
+    probe = subprocess.run(
+        ["su", DEV_USER, "-s", "/bin/sh", "-c", f"{py} -c 'import onnxruntime_genai'"],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"the device user cannot import the runtime's dependencies: {probe.stderr[-300:]}")
+    yield py
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _bundle(out: Path, model: Path, version: str, key: Path, port: int, threads: int) -> Path:
+    from llmos_edge.bundle.build import make_bundle
+    from llmos_edge.bundle.spec import BundleSpec
+    from llmos_edge.spec import load_target
+    from llmos_edge.spec.models import Golden
+
+    spec = BundleSpec(
+        target=load_target("host"),
+        recipe="tiny",
+        version=version,
+        models={"tiny": model},
+        golden=(Golden(prompt="Say hi", max_tokens=4),),
+        signing_key=key,
+        wheels=False,
+        config_overrides={"port": port, "threads": threads},
+    )
+    return make_bundle(spec, out).folder
+
+
+def test_real_runtime_serves_tiny_model_on_device(
+    device: Device,
+    tiny_decoder_fp32_dir: Path,
+    tmp_path: Path,
+    signing_key: tuple[Path, Path],
+    device_python: str,
+) -> None:
+    port = free_port()
+    device.runtime_port = port
+    b1 = _bundle(tmp_path / "b1", tiny_decoder_fp32_dir, "1.0.0", signing_key[0], port, threads=1)
+    rep = run_deploy(device, b1, signing_key[1], device_python=device_python, smoke_timeout=120)
+    assert rep.status == "ok", rep
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10) as r:
+        ids = [m["id"] for m in json.loads(r.read())["data"]]
+    assert "tiny" in ids
+    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        data=body.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert json.loads(r.read())["choices"][0]["message"]["role"] == "assistant"
+    b2 = _bundle(tmp_path / "b2", tiny_decoder_fp32_dir, "1.0.1", signing_key[0], port, threads=2)
+    rep2 = run_deploy(device, b2, signing_key[1], device_python=device_python, smoke_timeout=120)
+    assert rep2.status == "ok"
+    # only what changed went over the link: the config/smoke files, never the model weights
+    m1, m2 = (json.loads((b / "manifest.json").read_text())["files"] for b in (b1, b2))
+    old_hashes = {e["sha256"] for e in m1.values()}
+    changed = {e["sha256"]: e["size"] for e in m2.values() if e["sha256"] not in old_hashes}
+    assert rep2.bytes_sent == sum(changed.values()) > 0
+    assert not any(rel.startswith("models/") for rel, e in m2.items() if e["sha256"] in changed)
