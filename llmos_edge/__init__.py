@@ -4,7 +4,7 @@ The library API that the CLI is a thin layer over; CI scripts can call it direct
 
     import llmos_edge
     plan = llmos_edge.plan("rpi5", "smollm2-135m-instruct")
-    result = llmos_edge.build("rpi5", "smollm2-135m-instruct", out="build/rpi5")
+    result = llmos_edge.build("rpi5", "smollm2-135m-instruct", out=Path("build/rpi5"))
     llmos_edge.verify_bundle(result.image, pubkey)
 
 Names are imported lazily so that `import llmos_edge` stays cheap for deploy-only users.
@@ -18,9 +18,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "plan": "llmos_edge.build:plan",
-    "build": "llmos_edge.build:build",
-    "BuildResult": "llmos_edge.build:BuildResult",
+    "plan": "llmos_edge.pipeline:plan",
+    "build": "llmos_edge.pipeline:build",
+    "BuildResult": "llmos_edge.pipeline:BuildResult",
     "load_target": "llmos_edge.spec:load_target",
     "load_recipe": "llmos_edge.spec:load_recipe",
     "list_targets": "llmos_edge.spec:list_targets",

@@ -1,4 +1,4 @@
-"""`plan`, `build` and `cache`: a few lines each over llmos_edge.build and llmos_edge.cache."""
+"""`plan`, `build` and `cache`: a few lines each over llmos_edge.pipeline and llmos_edge.cache."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _target_recipe(fn: Any) -> Any:
 @json_option
 def plan_cmd(target: str, recipe: str, quant: str | None, fmt: str | None, as_json: bool) -> None:
     """Show the resolved build plan without running it."""
-    from ..build import plan
+    from ..pipeline import plan
 
     data = plan(target, recipe, quant=quant, format=fmt).to_dict()  # type: ignore[arg-type]
     if as_json:
@@ -53,7 +53,7 @@ def build_cmd(target: str, recipe: str, quant: str | None, fmt: str | None, out:
               no_cache: bool, key: Path | None, unsigned: bool, no_wheels: bool,
               encrypt_for: Path | None, bundle_version: str, prompt: str | None, as_json: bool) -> None:
     """Build a quality-checked, signed device bundle for TARGET from RECIPE."""
-    from ..build import answer, build
+    from ..pipeline import answer, build
 
     result = build(target, recipe, out=out, quant=quant, format=fmt,  # type: ignore[arg-type]
                    no_cache=no_cache, signing_key=key, unsigned=unsigned, wheels=not no_wheels,
@@ -101,18 +101,31 @@ def cache_ls(as_json: bool) -> None:
 
     entries = stage_cache.list_entries()
     if as_json:
-        emit_json([e.to_dict() for e in entries])
+        emit_json([{"stage": e.stage, "key": e.key, "path": str(e.path), "bytes": e.size_bytes,
+                    "last_used": e.last_used} for e in entries])
         return
     table("stage cache", ["stage", "key", "MB", "last used"],
-          [(e.stage, e.key[:16], f"{e.size / 1e6:.1f}", e.last_used) for e in entries])
+          [(e.stage, e.key[:16], f"{e.size_bytes / 1e6:.1f}", _ago(e.last_used)) for e in entries])
+
+
+def _ago(ts: float) -> str:
+    import time
+
+    hours = (time.time() - ts) / 3600
+    return f"{hours:.1f} h ago" if hours < 48 else f"{hours / 24:.0f} days ago"
 
 
 @cache.command("prune")
-@click.option("--older-than-days", type=float, default=None, help="Remove entries unused for this long.")
+@click.option("--older-than-days", type=float, default=30, show_default=True,
+              help="Remove entries unused for this long.")
+@click.option("--stage", help="Only this stage (fetch, prepare, export, quantize, evaluate).")
 @click.option("--all", "prune_all", is_flag=True, help="Remove everything.")
-def cache_prune(older_than_days: float | None, prune_all: bool) -> None:
+@click.option("--dry-run", is_flag=True, help="Only show what would be removed.")
+def cache_prune(older_than_days: float, stage: str | None, prune_all: bool, dry_run: bool) -> None:
     """Remove cached stage outputs."""
     from .. import cache as stage_cache
 
-    freed = stage_cache.prune(older_than_days=None if prune_all else older_than_days, everything=prune_all)
-    click.echo(f"freed {freed / 1e6:.1f} MB")
+    removed = stage_cache.prune(older_than_days=older_than_days, stage=stage, dry_run=dry_run,
+                                everything=prune_all)
+    verb = "would free" if dry_run else "freed"
+    click.echo(f"{verb} {sum(e.size_bytes for e in removed) / 1e6:.1f} MB in {len(removed)} entries")

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> Any:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence
+    except Exception as exc:  # the last line of defence
         if is_disk_full(exc):
             click.echo(UserError(f"disk full: {exc}", hints=["free disk space and retry"]).render(), err=True)
             sys.exit(2)

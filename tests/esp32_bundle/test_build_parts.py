@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llmos_edge import build as b
+from llmos_edge import pipeline as b
 from llmos_edge.bundle import make_bundle
 from llmos_edge.bundle import wheels as wh
 from llmos_edge.errors import UserError

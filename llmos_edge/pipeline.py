@@ -105,7 +105,7 @@ def _make_bundle(the_plan: BuildPlan, model: Any, out: Path, *, key: Path | None
         models={the_plan.recipe.name: model.model_dir},
         golden=the_plan.recipe.golden,
         quality_report=model.report.get("quality", {}),
-        toolchain_lock=model.report.get("toolchain", {}),
+        toolchain_lock=model.report.get("toolchain_lock", {}),
         source_model_sha256=model.source_sha256,
         signing_key=key,
         wheels=wheels,
@@ -160,10 +160,15 @@ def _report(the_plan: BuildPlan, model_report: dict[str, Any], bundle: Any, firm
 
 
 def answer(result: BuildResult, prompt: str, *, max_tokens: int = 64) -> str:
-    """Ask the freshly built model one question, the way the device runtime would."""
-    from .runtime.quick import generate_text
+    """Ask the freshly built model one question, greedily, through the same runtime devices use."""
+    from dataclasses import replace
+
+    from .runtime.config import config_for_model_dirs
+    from .runtime.runner import generate_to
 
     if result.plan.task != "text-generation":
-        raise UserError(f"{result.plan.recipe.name} is a {result.plan.task} model; it does not answer prompts",
+        raise UserError(f"{result.plan.recipe.name} is a {result.plan.task} model; it answers no prompts",
                         hints=["serve it and call /v1/embeddings instead"])
-    return generate_text(result.model_dir, prompt, max_tokens=max_tokens)
+    config = replace(config_for_model_dirs([result.model_dir]), audit_log=None)
+    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0}
+    return generate_to(config, None, body, lambda _piece: None).text.strip()
