@@ -3,7 +3,10 @@
 
 The host runs it over SSH (`python3 -c <bootstrap> CMD ...`, so probing changes nothing on the device)
 and ships it in every bundle as bin/llmos-agent. Every command prints one JSON object on stdout.
-Layout under ROOT: store/sha256/<hex>, staging/, releases/<version>/, current, previous, state/.
+Layout under ROOT: store/sha256/<hex>, staging/, releases/<version>/, current, previous, state/,
+venvs/<key>/ (a release's offline wheels installed once per wheel set, by `prepare`).
+Services: the runtime, and for ESP32 host bundles the serial bridge (systemd units, or two
+pidfile-managed processes when there is no systemd).
 Exit codes: 0 ok, 4 smoke failed (rolled back), 10 locked by someone else, 12 verification failed,
 13 refused (bad input), 1 other failure.
 """
@@ -430,38 +433,105 @@ def runtime_endpoint(release: str) -> tuple[str, int]:
     return str(cfg.get("host", "127.0.0.1")), int(cfg.get("port", 8088))
 
 
+def _configured_python(lay: Layout) -> str | None:
+    svc = read_json(lay.st("service.json"), {})
+    return lay.python or (svc.get("python") if isinstance(svc, dict) else None)
+
+
 def python_for(lay: Layout, release: str) -> str:
     """The interpreter for the runtime: a venv built from the bundle's wheels, else the configured one."""
-    svc = read_json(lay.st("service.json"), {})
-    configured = lay.python or (svc.get("python") if isinstance(svc, dict) else None)
-    wheels_dir = os.path.join(release, "wheels")
-    wheels = (
-        sorted(n for n in os.listdir(wheels_dir) if n.endswith(".whl")) if os.path.isdir(wheels_dir) else []
-    )
+    base = _configured_python(lay) or sys.executable
+    venv, _built = ensure_venv(lay, release, base)
+    return venv or base
+
+
+# ---------------------------------------------------------------- offline wheels -> venvs/<key>/
+# A venv is built once per (base interpreter, wheel set): a redeploy with the same wheels reuses it.
+# It is built under a temp name and renamed when complete, so a cut or failed build leaves nothing
+# that could be mistaken for a usable venv; the marker file is written last, inside the temp dir.
+VENV_MARKER = ".llmos-venv.json"
+
+
+def release_wheels(release: str) -> dict[str, str]:
+    """{wheel file name: sha256} of a release (hashes from its manifest when it lists them)."""
+    wdir = os.path.join(release, "wheels")
+    names = sorted(n for n in os.listdir(wdir) if n.endswith(".whl")) if os.path.isdir(wdir) else []
+    manifest = read_json(os.path.join(release, "manifest.json"), {})
+    files = manifest.get("files", {}) if isinstance(manifest, dict) else {}
+    return {
+        n: str((files.get(f"wheels/{n}") or {}).get("sha256") or sha256_path(os.path.join(wdir, n)))
+        for n in names
+    }
+
+
+def _clean_pip_env() -> dict[str, str]:
+    """The device's pip configuration must not reach an offline install (no index, no extra links)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
+    return env
+
+
+def _venv_step(argv: list[str], what: str, base: str, timeout: float = 1800) -> None:
+    try:
+        proc = subprocess.run(argv, capture_output=True, env=_clean_pip_env(), timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise _venv_error(what, base, str(exc)) from None
+    if proc.returncode != 0:
+        raise _venv_error(what, base, (proc.stdout + proc.stderr).decode(errors="replace"))
+
+
+def _venv_error(what: str, base: str, output: str) -> AgentError:
+    hints = ["the release was not activated: the previous release keeps serving"]
+    if "ensurepip" in output or "No module named venv" in output:
+        hints.append("install the venv module on the device (apt install python3-venv) and deploy again")
+    hints += [
+        "check that the bundle was built for this device's platform and Python (llmos-edge inspect BUNDLE)",
+        "or build with --no-wheels and pass --device-python PATH (a python that has the runtime's packages)",
+    ]
+    tail = "\n".join(output.strip().splitlines()[-12:])
+    return AgentError(f"could not {what} with {base}:\n{tail}", 1, hints=hints, venv_output=tail)
+
+
+def _base_version(base: str) -> str:
+    if base == sys.executable:
+        return sys.version
+    proc = subprocess.run([base, "-c", "import sys; print(sys.version)"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise _venv_error("run the device python", base, proc.stderr or "it did not start")
+    return proc.stdout.strip()
+
+
+def ensure_venv(lay: Layout, release: str, base: str) -> tuple[str | None, bool]:
+    """(python of the release's venv, whether it was built now); (None, False) for a wheel-less bundle."""
+    wheels = release_wheels(release)
     if not wheels:
-        return configured or sys.executable
-    key = hashlib.sha256("\n".join(sha256_path(os.path.join(wheels_dir, w)) for w in wheels).encode())
-    venv = os.path.join(lay.root, "venvs", key.hexdigest()[:16])
+        return None, False
+    ident = {"python": os.path.abspath(shutil.which(base) or base), "version": _base_version(base)}
+    key = hashlib.sha256(json.dumps([ident, sorted(wheels.items())]).encode()).hexdigest()[:20]
+    parent = os.path.join(lay.root, "venvs")
+    venv = os.path.join(parent, key)
     py = os.path.join(venv, "bin", "python3")
-    if not os.path.exists(py):
-        tmp = f"{venv}.{uuid.uuid4().hex}.partial"
-        subprocess.run([configured or sys.executable, "-m", "venv", tmp], check=True, capture_output=True)
-        subprocess.run(
-            [
-                os.path.join(tmp, "bin", "python3"),
-                "-m",
-                "pip",
-                "install",
-                "--no-index",
-                "--find-links",
-                wheels_dir,
-                *[os.path.join(wheels_dir, w) for w in wheels],
-            ],
-            check=True,
-            capture_output=True,
-        )
-        os.rename(tmp, venv)  # venv scripts keep the temp path in shebangs; we only run bin/python3 -m
-    return py
+    if os.path.isfile(os.path.join(venv, VENV_MARKER)) and os.path.exists(py):
+        return py, False
+    os.makedirs(parent, exist_ok=True)
+    for name in os.listdir(parent):  # leftovers of builds that were cut off (we hold the device lock)
+        if name.endswith(".partial"):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    tmp = os.path.join(parent, f".{key}.{uuid.uuid4().hex}.partial")
+    try:
+        _venv_step([base, "-m", "venv", tmp], "create a venv for the offline wheels", base)
+        wdir = os.path.join(release, "wheels")
+        pip = [os.path.join(tmp, "bin", "python3"), "-m", "pip", "install", "--no-index", "--no-cache-dir"]
+        pip += ["--find-links", wdir, *[os.path.join(wdir, n) for n in wheels]]
+        _venv_step(pip, "install the bundle's offline wheels", base)
+        marker = dict(ident, wheels=wheels, built=time.time())
+        write_atomic(os.path.join(tmp, VENV_MARKER), json.dumps(marker, sort_keys=True).encode())
+        if os.path.isdir(venv):  # an unfinished venv without a marker: never used, replace it
+            shutil.rmtree(venv)
+        os.rename(tmp, venv)  # scripts keep the temp path in their shebangs; we only run bin/python3 -m
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return py, True
 
 
 def _pid_alive(pid: int) -> bool:
@@ -478,56 +548,148 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def service_pid(lay: Layout) -> int | None:
-    info = read_json(lay.st("service.pid"))
+def pidfile_pid(lay: Layout, name: str) -> int | None:
+    """The live process recorded in state/<name>.pid (service = the runtime, bridge = ESP32 bridge)."""
+    info = read_json(lay.st(f"{name}.pid"))
     if isinstance(info, dict) and _pid_alive(int(info["pid"])):
         return int(info["pid"])
     return None
 
 
-def service_stop(lay: Layout) -> None:
-    if has_systemd() and os.getuid() == 0:
-        subprocess.run(["systemctl", "stop", "llmos-edge"], capture_output=True)
-        return
-    pid = service_pid(lay)
-    if pid is None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.time() + 5
-    while time.time() < deadline and _pid_alive(pid):
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+def service_pid(lay: Layout) -> int | None:
+    return pidfile_pid(lay, "service")
+
+
+def _systemd_mode() -> bool:
+    return has_systemd() and os.getuid() == 0
+
+
+def _stop_pidfile(lay: Layout, name: str) -> None:
+    pid = pidfile_pid(lay, name)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.time() + 5
+        while time.time() < deadline and _pid_alive(pid):
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(lay.st("service.pid"))
+        os.unlink(lay.st(f"{name}.pid"))
 
 
-def service_start(lay: Layout, version: str) -> None:
-    release = os.path.join(lay.releases, version)
-    if has_systemd() and os.getuid() == 0:
-        # the unit runs <root>/current/bin/llmos-launch, which reads LLMOS_PYTHON from state/runtime.env
-        write_atomic(lay.st("runtime.env"), f"LLMOS_PYTHON={python_for(lay, release)}\n".encode())
-        unit = os.path.join(release, "systemd", "llmos-edge.service")
-        shutil.copyfile(unit, "/etc/systemd/system/llmos-edge.service")
-        for cmd in (["daemon-reload"], ["enable", "llmos-edge"], ["restart", "llmos-edge"]):
-            subprocess.run(["systemctl", *cmd], check=True, capture_output=True)
-        return
-    py = python_for(lay, release)
-    env = dict(os.environ, PYTHONPATH=os.path.join(release, "runtime"), LLMOS_RELEASE=version)
-    with open(lay.st("service.log"), "ab") as log:
+def _start_pidfile(
+    lay: Layout, name: str, version: str, argv: list[str], cwd: str, env: dict[str, str]
+) -> None:
+    with open(lay.st(f"{name}.log"), "ab") as log:
         log.write(f"--- llmos-agent: starting {version} at {time.ctime()}\n".encode())
         log.flush()
         proc = subprocess.Popen(
-            [py, "-m", "llmos_runtime", "serve", "--config", "config/runtime.json"],
-            cwd=release,
+            argv,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    write_atomic(lay.st("service.pid"), json.dumps({"pid": proc.pid, "version": version}).encode())
+    write_atomic(lay.st(f"{name}.pid"), json.dumps({"pid": proc.pid, "version": version}).encode())
+
+
+def service_stop(lay: Layout) -> None:
+    if _systemd_mode():
+        subprocess.run(["systemctl", "stop", "llmos-bridge"], capture_output=True)
+        subprocess.run(["systemctl", "stop", "llmos-edge"], capture_output=True)
+        return
+    _stop_pidfile(lay, "bridge")
+    _stop_pidfile(lay, "service")
+
+
+def service_start(lay: Layout, version: str) -> None:
+    release = os.path.join(lay.releases, version)
+    py = python_for(lay, release)
+    if _systemd_mode():
+        # the unit runs <root>/current/bin/llmos-launch, which reads LLMOS_PYTHON from state/runtime.env
+        write_atomic(lay.st("runtime.env"), f"LLMOS_PYTHON={py}\n".encode())
+        _systemd_install(release, "llmos-edge", required=True)
+        _systemd_install(release, "llmos-bridge")
+        return
+    env = dict(os.environ, PYTHONPATH=os.path.join(release, "runtime"), LLMOS_RELEASE=version)
+    argv = [py, "-m", "llmos_runtime", "serve", "--config", "config/runtime.json"]
+    _start_pidfile(lay, "service", version, argv, release, env)
+    if has_bridge(release):
+        bargv, benv = bridge_command(lay, release)
+        _start_pidfile(lay, "bridge", version, bargv, release, dict(os.environ, LLMOS_PYTHON=py, **benv))
+
+
+def _systemd_install(release: str, name: str, required: bool = False) -> None:
+    """Install and restart the release's unit; an optional unit the release no longer ships is removed."""
+    unit, dest = os.path.join(release, "systemd", f"{name}.service"), f"/etc/systemd/system/{name}.service"
+    if not os.path.isfile(unit) and not required:
+        if os.path.exists(dest):
+            subprocess.run(["systemctl", "disable", "--now", name], capture_output=True)
+            os.unlink(dest)
+            subprocess.run(["systemctl", "daemon-reload"], check=True, capture_output=True)
+        return
+    shutil.copyfile(unit, dest)
+    for cmd in (["daemon-reload"], ["enable", name], ["restart", name]):
+        subprocess.run(["systemctl", *cmd], check=True, capture_output=True)
+
+
+# ---------------------------------------------------------------- ESP32 host bridge (supervised mode)
+def has_bridge(release: str) -> bool:
+    return os.path.isfile(os.path.join(release, "bin", "llmos-bridge"))
+
+
+def _unit_entries(path: str) -> list[tuple[str, str]]:
+    entries = []
+    with contextlib.suppress(OSError), open(path, encoding="utf-8") as f:
+        for line in f:
+            key, sep, value = line.strip().partition("=")
+            if sep and not key.startswith(("#", ";", "[")):
+                entries.append((key.strip(), value.strip()))
+    return entries
+
+
+def _env_file(path: str) -> dict[str, str]:
+    out = {}
+    for key, value in _unit_entries(path):
+        out[key] = value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+    return out
+
+
+def bridge_command(lay: Layout, release: str) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of the bridge as its systemd unit declares them, run without systemd.
+
+    Environment= lines of systemd/llmos-bridge.service, then state/runtime.env and state/bridge.env
+    (the operator's overrides, as the unit reads them); ExecStart's arguments with $VARs expanded.
+    """
+    import re
+    import shlex
+
+    env: dict[str, str] = {}
+    entries = _unit_entries(os.path.join(release, "systemd", "llmos-bridge.service"))
+    for key, value in entries:
+        if key == "Environment":
+            env.update(item.partition("=")[::2] for item in shlex.split(value))
+    env.update(_env_file(lay.st("runtime.env")))
+    env.update(_env_file(lay.st("bridge.env")))
+    exec_start = next((v for k, v in entries if k == "ExecStart"), "")
+    if exec_start:
+        args = [
+            re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: env.get(m.group(1) or m.group(2), ""), word)
+            for word in shlex.split(exec_start)[1:]
+        ]
+    else:
+        host, port = runtime_endpoint(release)
+        args = ["--port", env.get("LLMOS_BRIDGE_PORT", "/dev/ttyACM0"), "--runtime", f"http://{host}:{port}"]
+    return [os.path.join(release, "bin", "llmos-bridge"), *args], env
+
+
+def bridge_running(lay: Layout) -> bool:
+    if _systemd_mode():
+        return subprocess.run(["systemctl", "is-active", "--quiet", "llmos-bridge"]).returncode == 0
+    return pidfile_pid(lay, "bridge") is not None
 
 
 def wait_healthy(lay: Layout, version: str, timeout: float) -> str | None:
@@ -535,7 +697,7 @@ def wait_healthy(lay: Layout, version: str, timeout: float) -> str | None:
     host, port = runtime_endpoint(os.path.join(lay.releases, version))
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if not (has_systemd() and os.getuid() == 0) and service_pid(lay) is None:
+        if not _systemd_mode() and service_pid(lay) is None:
             return "the runtime process exited"
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
             return None
@@ -569,9 +731,9 @@ def run_smoke(lay: Layout, version: str, timeout: float) -> tuple[bool, str]:
     return proc.returncode == 0, out[-4000:]
 
 
-def log_tail(lay: Layout, lines: int) -> str:
+def log_tail(lay: Layout, lines: int, name: str = "service") -> str:
     try:
-        with open(lay.st("service.log"), "rb") as f:
+        with open(lay.st(f"{name}.log"), "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - 256 * lines))
             text = f.read().decode(errors="replace")
@@ -585,13 +747,42 @@ def start_and_check(lay: Layout, version: str, timeout: float) -> tuple[bool, st
     service_stop(lay)
     try:
         service_start(lay, version)
+    except AgentError as exc:
+        return False, f"could not start {version}: {exc}"
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
         return False, f"could not start {version}: {exc}\n{detail.decode(errors='replace')[-1500:]}"
     why = wait_healthy(lay, version, timeout)
     if why:
         return False, why
-    return run_smoke(lay, version, timeout)
+    ok, output = run_smoke(lay, version, timeout)
+    if ok and has_bridge(os.path.join(lay.releases, version)) and not bridge_running(lay):
+        return False, f"the ESP32 bridge of {version} exited:\n{log_tail(lay, 20, 'bridge')}"
+    return ok, output
+
+
+def cmd_prepare(lay: Layout, args: argparse.Namespace) -> dict:
+    """Build (or reuse) the venv of an installed release's offline wheels, before anything is stopped.
+
+    A failure leaves the running release untouched and marks this version failed.
+    """
+    require_lock(lay, args.token)
+    version = args.version
+    release = os.path.join(lay.releases, version)
+    if not version or not safe_relpath(version) or "/" in version or not os.path.isdir(release):
+        raise AgentError(f"release {version} is not installed", RC_REFUSED)
+    base = args.python or _configured_python(lay) or sys.executable
+    t0 = time.time()
+    try:
+        venv, built = ensure_venv(lay, release, base)
+    except AgentError as exc:
+        mark_failed(lay, version, f"offline wheels: {exc}")
+        audit(lay, "venv_failed", version=version, error=str(exc)[-500:])
+        exc.extra["active"] = link_target(lay.current)
+        raise
+    if built:
+        audit(lay, "venv_built", version=version, venv=venv, seconds=round(time.time() - t0, 1))
+    return {"venv": venv, "built": built, "seconds": round(time.time() - t0, 2)}
 
 
 # ---------------------------------------------------------------- activate / rollback
@@ -691,6 +882,7 @@ def cmd_status(lay: Layout, args: argparse.Namespace) -> dict:
         "current": cur,
         "previous": link_target(lay.previous),
         "pid": pid,
+        "bridge_pid": pidfile_pid(lay, "bridge"),
         "listening": healthy,
         "failed": read_json(lay.st("failed.json"), {}),
         "lock": _lock_info(lay) if _lock_is_held(lay) else None,
@@ -711,8 +903,22 @@ def cmd_releases(lay: Layout, args: argparse.Namespace) -> dict:
                 shutil.rmtree(os.path.join(lay.releases, r["version"]))
                 removed.append(r["version"])
         freed = _gc_store(lay)
-        audit(lay, "prune", removed=removed, keep=args.keep, store_freed=freed)
+        venvs = _gc_venvs(lay)
+        audit(lay, "prune", removed=removed, keep=args.keep, store_freed=freed, venvs_removed=venvs)
     return {"releases": [dict(r, current=r["version"] in keep) for r in _releases(lay)], "removed": removed}
+
+
+def _gc_venvs(lay: Layout) -> list[str]:
+    """Venvs whose wheel set no remaining release ships are deleted (their marker lists the wheels)."""
+    wanted = [release_wheels(os.path.join(lay.releases, r["version"])) for r in _releases(lay)]
+    parent = os.path.join(lay.root, "venvs")
+    removed = []
+    for name in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
+        marker = read_json(os.path.join(parent, name, VENV_MARKER))
+        if not isinstance(marker, dict) or marker.get("wheels") not in wanted:
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            removed.append(name)
+    return removed
 
 
 def _gc_store(lay: Layout) -> int:
@@ -742,6 +948,7 @@ COMMANDS = {
     "receive": cmd_receive,
     "commit": cmd_commit,
     "install": cmd_install,
+    "prepare": cmd_prepare,
     "clean-staging": cmd_clean_staging,
     "activate": cmd_activate,
     "rollback": cmd_rollback,

@@ -145,5 +145,33 @@ def preflight(probe: dict[str, Any], bundle: BundleSource, opts: PreflightOption
             str(probe.get("hostname")), 10, {"holder": lock.get("owner"), "since": lock.get("since")}
         )
     check_platform(probe, bundle)
+    check_wheels(probe, bundle)
     check_target(probe, bundle, opts.expected_target)
     return check_version(probe, bundle, opts)
+
+
+def check_wheels(probe: dict[str, Any], bundle: BundleSource) -> None:
+    """Every offline wheel must install on the device's Python, arch and libc (its tags say so)."""
+    from .wheeltags import DevicePlatform, wheel_problem
+
+    dev = DevicePlatform(
+        python=str(probe["python"]),
+        arch=norm_arch(str(probe["arch"])),
+        libc=str(probe.get("libc") or "unknown"),
+        libc_version=str(probe.get("libc_version") or ""),
+    )
+    names = sorted(rel[len("wheels/") :] for rel in bundle.files if rel.startswith("wheels/"))
+    bad = [f"{n} {why}" for n in names if n.endswith(".whl") and (why := wheel_problem(n, dev))]
+    if bad:
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise UserError(
+            f"bundle {bundle.name} {bundle.version}: its offline wheels do not install on the device "
+            f"({probe.get('hostname')}: Python {dev.python}, {dev.arch}, {dev.libc} {dev.libc_version}): "
+            + "; ".join(bad[:3])
+            + more,
+            hints=[
+                f"build the bundle for a target whose platform.python is {dev.python} "
+                "and whose wheel_platforms match the device",
+                "or build with --no-wheels and pass --device-python PATH (a python with the runtime's deps)",
+            ],
+        )

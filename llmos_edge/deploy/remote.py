@@ -102,7 +102,8 @@ def failure(device: str, rc: int, payload: dict[str, Any]) -> AgentFailed:
                 "a lock is freed as soon as its deploy's connection ends",
             ],
         )
-    return AgentFailed(f"{device}: {payload.get('error', 'device agent failed')}", rc, payload)
+    hints = [str(h) for h in payload.get("hints") or []]
+    return AgentFailed(f"{device}: {payload.get('error', 'device agent failed')}", rc, payload, hints=hints)
 
 
 def _when(epoch: Any) -> str:

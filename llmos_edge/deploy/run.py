@@ -140,6 +140,10 @@ async def _install(
         )
         await agent.call("install", "--token", token, "--version", bundle.version, data=data)
     await agent.call("clean-staging", "--token", token)
+    if any(rel.startswith("wheels/") and rel.endswith(".whl") for rel in bundle.files):
+        ev.phase("venv")  # built (or reused) before the running release is stopped
+        py = ["--python", opts.device_python] if opts.device_python else []
+        await agent.call("prepare", "--token", token, "--version", bundle.version, *py, timeout=1800)
 
 
 async def _activate(

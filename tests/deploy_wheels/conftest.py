@@ -1,0 +1,117 @@
+"""Fixtures for the deploy agent's offline-wheels venv and ESP32 bridge paths.
+
+The devices are tests/deploy's real ones (a private sshd per test, login user llmos-dev, whose
+python3 is Debian's /usr/bin/python3 3.11 with venv): imported, not copied.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: reach tests/deploy's helpers
+from tests.deploy.devices import DEV_USER, Device, make_client_key, start_device
+
+if not (Path("/usr/sbin/sshd").exists() and os.geteuid() == 0):
+    pytest.skip(
+        "deploy tests need openssh-server (apt install openssh-server) and root to create the device user",
+        allow_module_level=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def client_key() -> Iterator[tuple[Path, Path]]:
+    folder = Path(tempfile.mkdtemp(prefix="llmos-devw-keys-", dir="/tmp"))
+    os.chmod(folder, 0o755)
+    key, pub = make_client_key(folder)
+    auth = folder / "authorized_keys"
+    auth.write_text(pub)
+    os.chmod(auth, 0o644)
+    yield key, auth
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from llmos_edge.bundle.keys import generate_keys
+
+    return generate_keys(tmp_path_factory.mktemp("keys") / "sign")
+
+
+def stop_agent_processes(dev: Device) -> None:
+    """Every pidfile-managed process the agent started on the device (runtime and bridge)."""
+    for name in ("service.pid", "bridge.pid"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            os.killpg(int(json.loads(dev.state(name).read_text())["pid"]), signal.SIGKILL)
+
+
+@pytest.fixture
+def device(tmp_path: Path, client_key: tuple[Path, Path]) -> Iterator[Device]:
+    d = tmp_path / "device"
+    d.mkdir()
+    dev = start_device(d, client_key[0], client_key[1])
+    yield dev
+    stop_agent_processes(dev)
+    dev.stop()
+
+
+@pytest.fixture(scope="session")
+def device_python() -> Iterator[str]:
+    """A python the device user can run that sees this project's site-packages (same 3.11 ABI).
+
+    For bundles built --no-wheels (the bridge test): /root is 0700, so the project venv itself is out
+    of the device user's reach; a world-readable venv of /usr/bin/python3 points at its packages.
+    """
+    site = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "onnxruntime").is_dir())
+    folder = Path(tempfile.mkdtemp(prefix="llmos-devw-py-", dir="/tmp"))
+    folder.chmod(0o755)
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(folder / "venv")], check=True)
+    ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    (folder / "venv" / "lib" / ver / "site-packages" / "project.pth").write_text(f"{site}\n")
+    py = str(folder / "venv" / "bin" / "python3")
+    probe = subprocess.run(
+        ["su", DEV_USER, "-s", "/bin/sh", "-c", f"{py} -c 'import onnxruntime_genai, serial'"],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"the device user cannot import the runtime's dependencies: {probe.stderr[-300:]}")
+    yield py
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def make_wheel(out: Path, dist: str, version: str, *, tag: str = "py3-none-any", code: str = "") -> Path:
+    """A real (tiny, pure-Python) wheel that pip installs: module `dist` with VERSION = version."""
+    out.mkdir(parents=True, exist_ok=True)
+    info = f"{dist}-{version}.dist-info"
+    files = {
+        f"{dist}/__init__.py": f"VERSION = {version!r}\n{code}".encode(),
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": (
+            f"Wheel-Version: 1.0\nGenerator: llmos-tests\nRoot-Is-Purelib: true\nTag: {tag}\n".encode()
+        ),
+    }
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append(f"{info}/RECORD,,")
+    files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    path = out / f"{dist}-{version}-{tag}.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), data)
+    return path
