@@ -18,8 +18,7 @@ def test_rpi5_default_build_answers_paris(tmp_path: Path) -> None:
         [sys.executable, "-m", "llmos_edge", "build", "--target", "rpi5", "--no-wheels", "--json",
          "--out", str(out), "--prompt", "What is the capital of France?"],
         capture_output=True, text=True, timeout=3000,
-        env={**os.environ, "LLMOS_EDGE_SIGNING_KEY": str(tmp_path / "k.key")}
-        if (tmp_path / "k.key").exists() else dict(os.environ))
+        env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")})
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(result.stdout)
     assert "paris" in data["answer"].lower()
@@ -27,6 +26,10 @@ def test_rpi5_default_build_answers_paris(tmp_path: Path) -> None:
     golden = quality["golden"][0]
     assert golden["passed"] and golden["stopped_at_end_of_turn"], golden
     assert quality["reference_perplexity"] > 0 and quality["perplexity"] > 0
-    weights = sum(p.stat().st_size for p in (out).glob("*/models/*/*") if p.is_file())
-    assert weights <= 100e6, f"int4 model is {weights / 1e6:.1f} MB"
+    files = [p for p in out.glob("*/models/*/*") if p.is_file()]
+    weights = sum(p.stat().st_size for p in files if p.name.startswith("model.onnx"))
+    whole = sum(p.stat().st_size for p in files)
+    assert (tmp_path / "config" / "llmos-edge" / "signing.key").is_file(), "first build makes a signing key"
+    assert weights <= 100e6, f"int4 ONNX model is {weights / 1e6:.1f} MB"
+    assert whole <= 100 * 2**20, f"model folder with tokenizer is {whole / 2**20:.1f} MiB"
     assert data["plan"]["quant"] == "int4" and data["plan"]["target"] == "rpi5"
