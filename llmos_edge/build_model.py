@@ -69,19 +69,22 @@ class _Run:
 
 def build_model(plan: Any, *, no_cache: bool = False, progress: bool = True) -> ModelBuild:
     """Run the model stages of `plan`; raise CheckFailed when the quality gate says no."""
-    if plan.format not in ("onnx-genai", "onnx"):
-        raise UserError(
-            f"format {plan.format!r} is not built by this version of llmos-edge",
-            hints=["use --format onnx-genai (decoders) or onnx (encoders)"],
-        )
     run = _Run(progress=progress, no_cache=no_cache)
     t0 = time.monotonic()
-    tc = manager.ensure(plan.toolchain, progress=progress)
-    src = _fetch(run, plan)
-    hf_dir, prep_key = _prepare(run, plan, tc, src)
-    ref_dir, ref_key = _export(run, plan, tc, hf_dir, prep_key)
-    model_dir, model_key = _quantize(run, plan, tc, hf_dir, prep_key, ref_dir, ref_key)
-    quality = _evaluate(run, plan, src, model_dir, model_key, ref_dir, ref_key)
+    ref_dir: Path | None
+    if plan.format == "tflite":
+        from .build_model_tflite import export_and_evaluate
+
+        src = _fetch(run, plan)
+        model_dir, quality, tc = export_and_evaluate(run, plan, src, _limits(plan))
+        ref_dir = None
+    else:
+        tc = manager.ensure(plan.toolchain, progress=progress)
+        src = _fetch(run, plan)
+        hf_dir, prep_key = _prepare(run, plan, tc, src)
+        ref_dir, ref_key = _export(run, plan, tc, hf_dir, prep_key)
+        model_dir, model_key = _quantize(run, plan, tc, hf_dir, prep_key, ref_dir, ref_key)
+        quality = _evaluate(run, plan, src, model_dir, model_key, ref_dir, ref_key)
     report = {
         "recipe": plan.recipe.name,
         "target": plan.target.name,
@@ -93,7 +96,10 @@ def build_model(plan: Any, *, no_cache: bool = False, progress: bool = True) -> 
         "toolchain": tc.lock_info(),  # alias read by build.py's manifest
         "stages": run.stages,
         "quality": quality.to_dict(),
-        "sizes": {"model_bytes": model_size_bytes(model_dir), "reference_bytes": model_size_bytes(ref_dir)},
+        "sizes": {
+            "model_bytes": model_size_bytes(model_dir),
+            "reference_bytes": model_size_bytes(ref_dir) if ref_dir else None,
+        },
         "seconds": round(time.monotonic() - t0, 2),
     }
     ev.gate(quality)

@@ -67,6 +67,10 @@ def _has_bridge(spec: BundleSpec) -> bool:
     return spec.target.bundle_kind == "esp32s3-host-offload" and spec.target.esp32 is not None
 
 
+def _formats(spec: BundleSpec) -> set[str]:
+    return {json.loads((p / "llmos_model.json").read_text()).get("format", "") for p in spec.models.values()}
+
+
 def _tree_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -186,6 +190,8 @@ def _add_wheels(spec: BundleSpec, root: Path, encrypted: bool) -> dict[str, Any]
         from ..esp32.hostpkg import BRIDGE_DISTS
 
         extra = BRIDGE_DISTS
+    if _formats(spec) & {"tflite"}:
+        extra += ("ai-edge-litert",)  # the LiteRT interpreter for tflite models
     src = fetch_wheels(plat.wheel_platforms, plat.python, encrypted, extra)
     names = copy_wheels(src, root / "wheels")
     return {"platforms": list(plat.wheel_platforms), "python": plat.python,

@@ -34,6 +34,10 @@ TOOLCHAINS: dict[str, tuple[str, tuple[str, ...]]] = {
         "encoders: optimum-onnx exporters (transformers 4.57)",
         ("torch", "transformers", "optimum.exporters.onnx", "onnxruntime.quantization"),
     ),
+    "tflite": (
+        "TFLite: litert-torch + ai-edge-quantizer (transformers 5)",
+        ("torch", "transformers", "litert_torch", "ai_edge_quantizer", "ai_edge_litert.interpreter"),
+    ),
 }
 _INSTALL_BYTES = 2_500_000_000
 
