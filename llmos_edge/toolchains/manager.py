@@ -114,6 +114,9 @@ def ensure(name: str, *, progress: bool = True) -> Toolchain:
 
 def _install(tc: Toolchain, *, progress: bool) -> None:
     ensure_free_space(tc.env_dir.parent, _INSTALL_BYTES, f"the {tc.name} toolchain")
+    if progress:  # also when stderr is no terminal (CI logs): say why the first build takes minutes
+        print(f"creating the {tc.name} toolchain in {tc.env_dir} (first use; a few minutes, reused after)",
+              file=sys.stderr, flush=True)
     shutil.rmtree(tc.env_dir, ignore_errors=True)  # leftovers of an interrupted install
     _run_quiet([_base_python(), "-m", "venv", str(tc.env_dir)], "create the venv")
     cmd = [
