@@ -1,4 +1,7 @@
-"""Content-addressed stage cache: key = hash(input hashes, stage options, toolchain lock).
+"""Content-addressed stage cache: key = hash(input hashes, stage options, toolchain lock, stage code).
+
+The code part (STAGE_CODE) hashes the worker scripts and stage modules that produce a stage, so an
+edited worker never silently reuses an output made by its old version.
 
 Each entry is a folder cache_root()/stages/<stage>/<key>/ created atomically (temp folder renamed
 when the stage succeeded), so an entry that exists is complete. `.llmos-stage.json` inside records
@@ -8,11 +11,12 @@ what made it, for `cache ls`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,14 +39,57 @@ class CacheEntry:
     meta: dict[str, Any]
 
 
+_PKG = Path(__file__).resolve().parent
+_WORKERS = ("toolchains/workers/_contract.py", "toolchains/workers/genai_worker.py",
+            "toolchains/workers/optimum_worker.py")
+# Source files (relative to the llmos_edge package) whose code makes each stage's output. Both
+# workers count for export/quantize: one stage name serves decoders and encoders (safe over-invalidation).
+STAGE_CODE: dict[str, tuple[str, ...]] = {
+    "prepare": ("build_model.py", "stages/export.py", "stages/tokenizer_repair.py", "stages/model_dir.py",
+                *_WORKERS),
+    "export": ("build_model.py", "stages/export.py", "stages/model_dir.py", *_WORKERS),
+    "quantize": ("build_model.py", "stages/quantize.py", "stages/export.py", "stages/model_dir.py",
+                 *_WORKERS),
+    "evaluate": ("build_model.py", "stages/evaluate.py", "stages/model_dir.py"),
+}
+
+
+@functools.lru_cache(maxsize=256)
+def _file_digest(path: str, mtime_ns: int, size: int) -> str:
+    """sha256 of one source file; (mtime, size) in the cache key makes an edit re-hash it."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def code_hash(files: Iterable[Path]) -> str:
+    """One digest over the named source files' contents (a missing file counts as absent)."""
+    h = hashlib.sha256()
+    for f in sorted(Path(p) for p in files):
+        try:
+            st = f.stat()
+            digest = _file_digest(str(f), st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            digest = "missing"
+        h.update(f"{f.name}:{digest}\n".encode())
+    return h.hexdigest()
+
+
+def stage_code_files(stage: str) -> list[Path]:
+    return [_PKG / rel for rel in STAGE_CODE.get(stage, ())]
+
+
 def stages_root() -> Path:
     return cache_root() / "stages"
 
 
 def stage_key(
-    stage: str, inputs: Mapping[str, str], options: Mapping[str, Any], toolchain_lock: str | None = None
+    stage: str,
+    inputs: Mapping[str, str],
+    options: Mapping[str, Any],
+    toolchain_lock: str | None = None,
+    *,
+    code: Iterable[Path] | None = None,
 ) -> str:
-    """A stable key: JSON with sorted keys over everything that can change the output."""
+    """A stable key over everything that can change the output; `code` defaults to STAGE_CODE[stage]."""
     blob = json.dumps(
         {
             "v": KEY_VERSION,
@@ -50,6 +97,7 @@ def stage_key(
             "inputs": dict(inputs),
             "options": dict(options),
             "toolchain": toolchain_lock,
+            "code": code_hash(stage_code_files(stage) if code is None else code),
         },
         sort_keys=True,
         default=str,

@@ -84,7 +84,8 @@ def _print_summary(result: Any) -> None:
 
 def _quality_line(q: dict[str, Any]) -> str:
     parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in q.items()
-             if k in ("perplexity", "reference_perplexity", "perplexity_ratio", "cosine", "passed")]
+             if k in ("perplexity", "reference_perplexity", "perplexity_ratio", "cosine_min", "passed")
+             and v is not None]
     return ", ".join(parts) or "n/a"
 
 

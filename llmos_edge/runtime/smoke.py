@@ -2,6 +2,9 @@
 
 golden.json: {"model": id|null, "limits": {"max_first_token_ms": N, "min_tokens_per_s": N, "timeout_s": N},
               "prompts": [{"name", "messages" | "prompt", "expect_contains": [..], "max_tokens": N}]}
+Encoders have no golden prompts: with none, a feature-extraction model gets an embeddings check instead
+(finite vectors of one size, a paraphrase closer than an unrelated sentence, latency within
+max_first_token_ms); optional "embedding_check": {"anchor", "similar", "unrelated"} overrides the texts.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ import os
 import statistics
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .client import StreamOutcome, stream_chat
+from .client import StreamOutcome, get_json, stream_chat
 from .config import RuntimeConfig
 from .errors import ConfigError
 
@@ -69,9 +74,12 @@ def _check_limits(results: list[dict[str, Any]], limits: dict[str, Any]) -> dict
 def run_smoke(base_url: str, golden: dict[str, Any], api_key: str | None = None) -> dict[str, Any]:
     """Run every golden prompt; the report says ok only if all prompts pass and limits hold."""
     prompts = golden.get("prompts") or []
-    if not prompts:
-        raise ConfigError("golden file has no 'prompts'")
     limits = golden.get("limits") or {}
+    if not prompts:
+        embed_model = _embedding_model(base_url, golden.get("model"), api_key)
+        if embed_model is None:
+            raise ConfigError("golden file has no 'prompts' (and the model is not an embedding model)")
+        return _embedding_smoke(base_url, embed_model, golden, api_key)
     timeout = float(limits.get("timeout_s") or 300)
     results = [_one(base_url, golden.get("model"), item, api_key, timeout) for item in prompts]
     summary = _check_limits(results, limits)
@@ -83,6 +91,105 @@ def run_smoke(base_url: str, golden: dict[str, Any], api_key: str | None = None)
         "limits": limits,
         "summary": summary,
         "results": results,
+    }
+
+
+EMBED_TEXTS = {
+    "anchor": "The cat sits on the mat.",
+    "similar": "A cat is sitting on a rug.",
+    "unrelated": "Interest rates rose sharply on the stock market today.",
+}
+
+
+def _embedding_model(base_url: str, model: str | None, api_key: str | None) -> str | None:
+    """The model to check with embeddings: `model` (or the only feature-extraction one) if it is one."""
+    try:
+        listed = get_json(base_url + "/v1/models", api_key).get("data") or []
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot list models at {base_url}: {exc}") from exc
+    encoders = [m["id"] for m in listed if m.get("task") == "feature-extraction"]
+    if model:
+        return model if model in encoders else None
+    return encoders[0] if len(encoders) == 1 and len(listed) == 1 else None
+
+
+def _post_json(url: str, body: dict[str, Any], api_key: str | None, timeout: float) -> Any:
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def _cos(a: list[float], b: list[float]) -> float:
+    na = sum(x * x for x in a) ** 0.5
+    nb = sum(x * x for x in b) ** 0.5
+    return sum(x * y for x, y in zip(a, b, strict=True)) / max(na * nb, 1e-12)
+
+
+def _vector_problems(vectors: list[list[float]], texts: dict[str, str]) -> list[str]:
+    if len(vectors) != len(texts):
+        return [f"expected {len(texts)} embeddings, got {len(vectors)}"]
+    dims = {len(v) for v in vectors}
+    if len(dims) != 1 or 0 in dims:
+        return [f"embeddings have inconsistent or empty sizes {sorted(dims)}"]
+    if any(x != x or abs(x) == float("inf") for v in vectors for x in v):
+        return ["embeddings contain NaN or infinity"]
+    if any(all(x == 0 for x in v) for v in vectors):
+        return ["an embedding is all zeros"]
+    return []
+
+
+def _embed_once(
+    base_url: str, body: dict[str, Any], api_key: str | None, timeout: float
+) -> tuple[list[list[float]], str | None, float]:
+    """(vectors, error, latency ms) of one /v1/embeddings call."""
+    started, vectors, error = time.perf_counter(), [], None
+    try:
+        resp = _post_json(base_url + "/v1/embeddings", body, api_key, timeout)
+        vectors = [d["embedding"] for d in sorted(resp["data"], key=lambda d: d["index"])]
+    except urllib.error.HTTPError as exc:
+        error = f"HTTP {exc.code}: {exc.read().decode(errors='replace')}"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    return vectors, error, round((time.perf_counter() - started) * 1000, 1)
+
+
+def _embedding_smoke(
+    base_url: str, model: str, golden: dict[str, Any], api_key: str | None
+) -> dict[str, Any]:
+    """Embed an anchor, a paraphrase and an unrelated sentence; the paraphrase must be closer."""
+    limits = golden.get("limits") or {}
+    texts = {**EMBED_TEXTS, **(golden.get("embedding_check") or {})}
+    body = {"model": model, "input": [texts["anchor"], texts["similar"], texts["unrelated"]]}
+    result: dict[str, Any] = {"name": "embeddings", "ok": False, "error": None}
+    timeout = float(limits.get("timeout_s") or 300)
+    vectors, result["error"], first_ms = _embed_once(base_url, body, api_key, timeout)
+    latency_ms = first_ms  # the first request may include loading the model: time a second one
+    if not result["error"]:
+        vectors, result["error"], latency_ms = _embed_once(base_url, body, api_key, timeout)
+    result["first_request_ms"] = first_ms
+    problems = [] if result["error"] else _vector_problems(vectors, texts)
+    if not result["error"] and not problems:
+        sim, far = _cos(vectors[0], vectors[1]), _cos(vectors[0], vectors[2])
+        result.update(dim=len(vectors[0]), similar_cosine=round(sim, 4), unrelated_cosine=round(far, 4))
+        if sim <= far:
+            problems.append(f"paraphrase cosine {sim:.4f} <= unrelated cosine {far:.4f}")
+    result.update(ok=not result["error"] and not problems, problems=problems, latency_ms=latency_ms)
+    summary: dict[str, Any] = {"embedding_ms": latency_ms, "failures": []}
+    max_ms = limits.get("max_first_token_ms")
+    if max_ms is not None and latency_ms > max_ms:
+        summary["failures"].append(f"embedding latency {latency_ms} ms > {max_ms} ms")
+    return {
+        "ok": bool(result["ok"]) and not summary["failures"],
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "url": base_url,
+        "model": model,
+        "kind": "embeddings",
+        "limits": limits,
+        "summary": summary,
+        "results": [result],
     }
 
 

@@ -313,6 +313,20 @@ def evaluate_encoder(
     return rep
 
 
+def torch_cosine(tc: Any, hf_dir: Path, model_dir: Path, texts: Sequence[str]) -> tuple[float, float]:
+    """(min, mean) cosine of `model_dir`'s embeddings to the torch fp32 model's (mean pooling,
+    normalized), computed in the toolchain env (torch never enters the core env)."""
+    from ..toolchains.contract import run_worker
+
+    emb = json.loads((model_dir / md.DESCRIPTOR).read_text())["embedding"]
+    req = {"op": "embed_torch", "model_dir": str(hf_dir), "texts": list(texts)}
+    req["max_length"] = emb["max_length"]
+    ref = np.asarray(run_worker(tc, "optimum_worker.py", req)["embeddings"], dtype=np.float64)
+    got = embed(model_dir, texts)
+    cos = (got / np.linalg.norm(got, axis=1, keepdims=True) * ref).sum(axis=1)
+    return float(cos.min()), float(cos.mean())
+
+
 def _failures(rep: QualityReport) -> list[str]:
     lim, out = rep.limits, []
     if (

@@ -34,13 +34,18 @@ def export_encoder(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def quantize_encoder(req: dict[str, Any]) -> dict[str, Any]:
-    """int8: dynamic, per-tensor (per-channel signed int8 gives garbage on onnxruntime 1.32); fp16: cast."""
+    """int8: dynamic, unsigned weights, per channel; fp16: cast.
+
+    Measured on all-MiniLM-L6-v2 (onnxruntime 1.32, 12 eval sentences, min cosine to fp32): signed
+    per-tensor 0.953, unsigned per-tensor 0.977, signed per-channel 0.989, unsigned per-channel 0.992
+    (23.0 MB). 8-bit MatMulNBits + int8 Gather reached 0.9992 (24.1 MB) but ran ~3x slower on x86.
+    """
     src, dst, quant = Path(req["src"]), Path(req["dst"]), req["quant"]
     progress(f"quantizing {src.name} to {quant}")
     if quant == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=False)
+        quantize_dynamic(src, dst, weight_type=QuantType.QUInt8, per_channel=True)
     elif quant == "fp16":
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -50,6 +55,25 @@ def quantize_encoder(req: dict[str, Any]) -> dict[str, Any]:
     else:
         raise WorkerError("bad_input", f"encoders are offered as fp32, fp16 or int8, not {quant}")
     return {"size": dst.stat().st_size}
+
+
+def embed_torch(req: dict[str, Any]) -> dict[str, Any]:
+    """Reference sentence embeddings from the torch fp32 model: masked mean pooling, L2-normalized
+    (what sentence-transformers does for all-MiniLM-L6-v2), to score exported models against."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(req["model_dir"])
+    model = AutoModel.from_pretrained(req["model_dir"]).eval()
+    batch = tok(
+        req["texts"], padding=True, truncation=True, max_length=int(req["max_length"]), return_tensors="pt"
+    )
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+    return {"embeddings": pooled.tolist()}
 
 
 def tiny_bert(req: dict[str, Any]) -> dict[str, Any]:
@@ -65,4 +89,11 @@ def tiny_bert(req: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    serve({"export_encoder": export_encoder, "quantize_encoder": quantize_encoder, "tiny_bert": tiny_bert})
+    serve(
+        {
+            "export_encoder": export_encoder,
+            "quantize_encoder": quantize_encoder,
+            "embed_torch": embed_torch,
+            "tiny_bert": tiny_bert,
+        }
+    )
