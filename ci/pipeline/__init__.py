@@ -1,0 +1,1 @@
+"""The release pipeline: matrix -> build twice -> compare -> sign -> SBOM/provenance -> publish."""

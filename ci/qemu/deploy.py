@@ -1,0 +1,87 @@
+"""Drive the real deploy (llmos_edge.deploy, the code behind `llmos-edge deploy`) against a HIL device.
+
+The deploy runs in-process through the same library call the CLI makes, with one difference: SSH
+keepalive. The CLI's default (2 s x 3) drops an emulated guest whose sshd stalls for several seconds
+under TCG on a loaded host, so HIL uses 15 s x 8. `status` goes through the CLI itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ci.devices import HilDevice
+from llmos_edge.errors import LlmosError
+
+KEEPALIVE_INTERVAL_S = 15.0
+KEEPALIVE_COUNT_MAX = 8
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a user would see: the CLI's exit code and message, plus the deploy report when there is one."""
+
+    rc: int
+    text: str
+    report: dict[str, Any] | None = None
+
+
+def device_root(dev: HilDevice) -> str:
+    """Deploy where the target says (install.root): the bundle's runtime config points its state there."""
+    from llmos_edge.spec import load_target
+
+    return load_target(dev.target).install.root
+
+
+def ssh_args(dev: HilDevice) -> list[str]:
+    args = ["--device", dev.address, "--root", device_root(dev)]
+    if dev.identity:
+        args += ["--identity", str(dev.identity)]
+    if dev.known_hosts:
+        args += ["--known-hosts", str(dev.known_hosts)]
+    return args
+
+
+def llmos_edge(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    """`python -m llmos_edge ARGS` in a child process: the exact CLI path, exit codes included."""
+    return subprocess.run([sys.executable, "-m", "llmos_edge", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def ssh_options(dev: HilDevice) -> Any:
+    from llmos_edge.transports.ssh import SshOptions
+
+    base = SshOptions()
+    return SshOptions(known_hosts=dev.known_hosts or base.known_hosts, identity=dev.identity,
+                      keepalive_interval=KEEPALIVE_INTERVAL_S, keepalive_count_max=KEEPALIVE_COUNT_MAX,
+                      connect_timeout=60.0)
+
+
+def deploy(dev: HilDevice, bundle: Path, pubkey: Path, *, smoke_timeout: float = 900,
+           target: str | None = None) -> Outcome:
+    """Verify, preflight, transfer, install, activate + on-device smoke; rollback is the agent's."""
+    from llmos_edge.deploy.preflight import PreflightOptions
+    from llmos_edge.deploy.run import DeployOptions, deploy_to
+    from llmos_edge.deploy.source import load_bundle
+
+    try:
+        src = load_bundle(bundle, pubkey, allow_unsigned=False)
+        opts = DeployOptions(root=device_root(dev), smoke_timeout=smoke_timeout,
+                             preflight=PreflightOptions(expected_target=target or dev.target))
+        rep = asyncio.run(deploy_to(dev.address, src, opts, ssh_options(dev)))
+    except LlmosError as exc:
+        return Outcome(exc.exit_code, exc.render())
+    return Outcome(0, f"{rep.status}: {rep.message}", rep.to_json())
+
+
+def status(dev: HilDevice) -> dict[str, Any]:
+    proc = llmos_edge("status", *ssh_args(dev), "--json", timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"llmos-edge status failed ({proc.returncode}): {proc.stderr[-1500:]}")
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data

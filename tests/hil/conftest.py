@@ -1,0 +1,113 @@
+"""HIL fixtures: a booted aarch64 QEMU guest (or a configured real device) and the quick qemu-user tier.
+
+All tests here are marked `hil`. They skip, with the reason, when LLMOS_EDGE_HIL=0, when the QEMU tools
+are missing, or when not root. The first run builds the guest image (~10-13 min, cached under
+cache_root()/qemu); later runs boot in ~15 s. One guest at a time: each test gets its own, stopped after.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds the `ci` package
+
+from ci.devices import NOT_CONFIGURED, HilDevice, configured_devices
+from ci.qemu.cache import Timings
+from ci.qemu.guest import QemuGuest
+from ci.qemu.image import GuestImage
+from ci.qemu.rootfs import Rootfs
+from ci.qemu.tools import missing_tools
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.hil)
+
+
+def qemu_skip_reason() -> str | None:
+    if os.environ.get("LLMOS_EDGE_HIL") == "0":
+        return "LLMOS_EDGE_HIL=0 turns the QEMU hardware-in-the-loop tier off"
+    missing = missing_tools()
+    if missing:
+        return "QEMU tier needs " + ", ".join(missing)
+    if os.geteuid() != 0:
+        return "QEMU tier needs root (debootstrap, chroot, binfmt_misc)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def hil_timings() -> Iterator[Timings]:
+    t = Timings()
+    yield t
+    if t.steps:
+        print("\nHIL step timings:\n" + t.table())
+
+
+@pytest.fixture(scope="session")
+def guest_rootfs(hil_timings: Timings) -> Rootfs:
+    reason = qemu_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from ci.qemu.rootfs import build_rootfs
+
+    return build_rootfs(hil_timings)
+
+
+@pytest.fixture(scope="session")
+def guest_image(guest_rootfs: Rootfs, hil_timings: Timings) -> GuestImage:
+    from ci.qemu.image import build_image
+
+    return build_image(hil_timings)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short path: the QMP unix socket path must stay under 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="llmos-hil-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def qemu_guest(guest_image: GuestImage, short_tmp: Path, hil_timings: Timings) -> Iterator[QemuGuest]:
+    """A freshly booted guest (snapshot=on: every test starts from the same clean disk).
+
+    PID 1 is the minimal init unless LLMOS_EDGE_QEMU_INIT=systemd: the deploy agent of a non-root login
+    never uses systemd, and systemd needs minutes to reach sshd under a loaded TCG host.
+    """
+    init = os.environ.get("LLMOS_EDGE_QEMU_INIT", "fast")
+    guest = QemuGuest(guest_image, short_tmp / "vm", init=init)
+    guest.start()
+    hil_timings.add(f"boot to ssh ({init} init)", guest.boot_seconds, False)
+    try:
+        yield guest
+    finally:
+        guest.stop()
+
+
+def guest_device(guest: QemuGuest, keydir: Path) -> HilDevice:
+    return HilDevice("qemu-aarch64", f"{guest.user}@{guest.host}:{guest.port}",
+                     guest.copy_key(keydir / "id_ed25519"), guest.known_hosts, "rpi5")
+
+
+@pytest.fixture(params=["qemu", "real"])
+def hil_device(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HilDevice]:
+    """The same test against the QEMU guest and, when configured, the first real device."""
+    if request.param == "real":
+        devices = configured_devices()
+        if not devices:
+            pytest.skip(NOT_CONFIGURED)
+        yield devices[0]
+        return
+    guest: QemuGuest = request.getfixturevalue("qemu_guest")
+    yield guest_device(guest, tmp_path)

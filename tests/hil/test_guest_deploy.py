@@ -1,0 +1,92 @@
+"""Full guest: the real `llmos-edge deploy` against the aarch64 QEMU guest (and a real board if configured).
+
+A tiny real model keeps the default run short; `python -m ci.hil all` does the same with SmolLM2.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ci.devices import HilDevice
+from ci.qemu import deploy as hil
+from ci.qemu.guest import QemuGuest
+
+BundleFactory = Callable[..., Path]
+EMULATED_FIRST_TOKEN_MS = 180_000.0  # measured: 22 s for the tiny model's first token in the guest (load ~9)
+
+
+@pytest.fixture
+def signing_pair(tmp_path: Path) -> tuple[Path, Path]:
+    from llmos_edge.bundle import generate_keys
+
+    return generate_keys(tmp_path / "hil-sign")
+
+
+@pytest.fixture
+def bundle_for(tiny_decoder_dir: Path, tmp_path: Path, signing_pair: tuple[Path, Path]) -> BundleFactory:
+    """make_bundle with offline wheels; `expect` sets a golden answer the tiny model will never give."""
+    from llmos_edge.bundle import make_bundle
+    from llmos_edge.bundle.spec import BundleSpec
+    from llmos_edge.spec import Golden, load_target
+
+    def make(version: str, *, target: str = "rpi5", python: str | None = None, wheels: bool = True,
+             expect: tuple[str, ...] = (), emulated: bool = False) -> Path:
+        tgt = load_target(target)
+        if emulated:  # TCG on a shared host is 10-50x slower than the board: scale the latency limit
+            smoke = tgt.smoke.model_copy(update={"max_first_token_ms": EMULATED_FIRST_TOKEN_MS})
+            tgt = tgt.model_copy(update={"smoke": smoke})
+        if python:
+            tgt = tgt.model_copy(update={"platform": tgt.platform.model_copy(update={"python": python})})
+        spec = BundleSpec(target=tgt, recipe="tiny", version=version, models={"tiny": tiny_decoder_dir},
+                          golden=(Golden(prompt="Say hello.", max_tokens=4, expect_contains=expect),),
+                          signing_key=signing_pair[0], wheels=wheels)
+        return make_bundle(spec, tmp_path / f"b-{target}-{version}-{python}").image
+
+    return make
+
+
+def test_guest_is_aarch64_with_pinned_host_key(qemu_guest: QemuGuest, tmp_path: Path) -> None:
+    out = qemu_guest.ssh(["sh", "-c", "uname -m; python3 -c 'import sys; print(sys.version_info[:2])'"])
+    assert out.stdout.split()[0] == "aarch64"
+    assert "(3, 11)" in out.stdout
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    refused = subprocess.run([*qemu_guest.ssh_base(known_hosts=empty), "true"], capture_output=True,
+                             text=True, timeout=60)
+    assert refused.returncode != 0 and "Host key verification failed" in refused.stderr
+
+
+def test_preflight_refuses_wrong_arch_and_wrong_python(
+        hil_device: HilDevice, bundle_for: BundleFactory, signing_pair: tuple[Path, Path]) -> None:
+    armv7 = bundle_for("0.1.0", target="rpi3-armv7", wheels=False)
+    r1 = hil.deploy(hil_device, armv7, signing_pair[1], target="rpi3-armv7")
+    assert r1.rc == 2, r1.text  # UserError, refused before any transfer
+    assert "built for armv7l" in r1.text and "aarch64" in r1.text
+    py312 = bundle_for("0.1.0", python="3.12")
+    r2 = hil.deploy(hil_device, py312, signing_pair[1])
+    assert r2.rc == 2, r2.text
+    assert "needs Python 3.12" in r2.text and "3.11" in r2.text
+    st = hil.status(hil_device)
+    assert not st.get("current") and not st.get("releases")  # refused before anything was installed
+
+
+@pytest.mark.timeout(3600)
+def test_deploy_smoke_passes_then_failing_smoke_rolls_back(
+        hil_device: HilDevice, bundle_for: BundleFactory, signing_pair: tuple[Path, Path]) -> None:
+    emulated = hil_device.name == "qemu-aarch64"
+    good = hil.deploy(hil_device, bundle_for("1.0.0", emulated=emulated), signing_pair[1])
+    assert good.rc == 0 and good.report and good.report["status"] == "ok", good.text
+    st = hil.status(hil_device)
+    assert st["current"] == "1.0.0" and st.get("listening")
+    bad = hil.deploy(hil_device, bundle_for("1.1.0", expect=("zebra-quantum-never",), emulated=emulated),
+                     signing_pair[1])
+    assert bad.rc == 4, bad.text  # CheckFailed: the smoke test said no
+    assert "rolled back to 1.0.0" in bad.text
+    st = hil.status(hil_device)
+    assert st["current"] == "1.0.0", st  # rolled back in the guest
+    assert "1.1.0" in (st.get("failed") or {})
+    assert st.get("listening")  # and the old release serves again
