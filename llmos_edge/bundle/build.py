@@ -119,8 +119,8 @@ def _runtime_config(spec: BundleSpec, model_meta: dict[str, dict[str, Any]]) -> 
     from ..spec.loader import deep_merge
 
     t = spec.target
-    root = t.install.root
-    state = "../../../state" if root.startswith("~") else f"{root.rstrip('/')}/state"
+    # relative to config/: <root>/releases/<version>/config -> <root>/state, wherever deploy put <root>
+    state = "../../../state"
     models = [{"id": mid, "path": f"../models/{mid}", "max_concurrency": 1, "max_queue": 8,
                "est_memory_mb": math.ceil(meta["size"] * 2 / 1e6)} for mid, meta in model_meta.items()]
     cfg = {"host": "127.0.0.1", "port": t.service.port, "api_key_env": None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,23 @@ F = Callable[..., Any]
 
 
 def ssh_options(f: F) -> F:
+    """--device/--root plus the SSH settings, handed to the command as one `ssh` SshOptions."""
+
+    @functools.wraps(f)
+    def wrapper(**kw: Any) -> Any:
+        from ..transports.ssh import SshOptions
+
+        base = SshOptions()
+        kw["ssh"] = SshOptions(
+            known_hosts=kw.pop("known_hosts") or base.known_hosts,
+            accept_host_key=kw.pop("accept_host_key"),
+            identity=kw.pop("identity"),
+            jump=kw.pop("jump"),
+            keepalive_interval=kw.pop("keepalive"),
+            keepalive_count_max=base.keepalive_count_max,
+        )
+        return f(**kw)
+
     opts = [
         click.option("--device", "address", metavar="USER@HOST[:PORT]", help="The device (or 'local')."),
         click.option("--root", default="~/llmos", show_default=True, help="Install folder on the device."),
@@ -28,24 +46,19 @@ def ssh_options(f: F) -> F:
             "--accept-host-key", metavar="SHA256:...", help="Accept this (shown) host key fingerprint."
         ),
         click.option("--jump", metavar="USER@HOST[:PORT]", help="Reach the device through this jump host."),
+        click.option(
+            "--keepalive",
+            type=float,
+            default=2.0,
+            show_default=True,
+            help="Seconds between SSH keepalives; a link is dead after 3 missed (raise for slow "
+            "or emulated devices).",
+        ),
     ]
+    decorated: F = wrapper
     for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-def _ssh(
-    known_hosts: Path | None, accept_host_key: str | None, identity: Path | None, jump: str | None
-) -> Any:
-    from ..transports.ssh import SshOptions
-
-    base = SshOptions()
-    return SshOptions(
-        known_hosts=known_hosts or base.known_hosts,
-        accept_host_key=accept_host_key,
-        identity=identity,
-        jump=jump,
-    )
+        decorated = o(decorated)
+    return decorated
 
 
 def _need_device(address: str | None) -> str:
@@ -77,10 +90,7 @@ def deploy_cmd(
     bundle: Path,
     address: str | None,
     root: str,
-    identity: Path | None,
-    known_hosts: Path | None,
-    accept_host_key: str | None,
-    jump: str | None,
+    ssh: Any,
     inventory: Path | None,
     pubkey: Path | None,
     allow_unsigned: bool,
@@ -113,7 +123,6 @@ def deploy_cmd(
         smoke_timeout=smoke_timeout,
         preflight=PreflightOptions(target, allow_downgrade, retry_failed, reinstall),
     )
-    ssh = _ssh(known_hosts, accept_host_key, identity, jump)
     if inventory:
         _fleet(inventory, src, opts, ssh, parallel, max_failures, report)
     else:
@@ -192,18 +201,13 @@ def _call(coro: Any) -> Any:
 def status_cmd(
     address: str | None,
     root: str,
-    identity: Path | None,
-    known_hosts: Path | None,
-    accept_host_key: str | None,
-    jump: str | None,
+    ssh: Any,
     as_json: bool,
 ) -> None:
     """What runs on the device: current/previous release, process, lock, failed releases."""
     from ..deploy import commands
 
-    st = _call(
-        commands.status(_need_device(address), _ssh(known_hosts, accept_host_key, identity, jump), root)
-    )
+    st = _call(commands.status(_need_device(address), ssh, root))
     if as_json:
         emit_json(st)
         return
@@ -230,21 +234,14 @@ def status_cmd(
 def rollback_cmd(
     address: str | None,
     root: str,
-    identity: Path | None,
-    known_hosts: Path | None,
-    accept_host_key: str | None,
-    jump: str | None,
+    ssh: Any,
     to: str | None,
     timeout: float,
 ) -> None:
     """Switch the device back to its previous release and restart it."""
     from ..deploy import commands
 
-    res = _call(
-        commands.rollback(
-            _need_device(address), _ssh(known_hosts, accept_host_key, identity, jump), root, to, timeout
-        )
-    )
+    res = _call(commands.rollback(_need_device(address), ssh, root, to, timeout))
     click.echo(f"active: {res['active']} (was {res['previous']})")
 
 
@@ -255,19 +252,14 @@ def rollback_cmd(
 def logs_cmd(
     address: str | None,
     root: str,
-    identity: Path | None,
-    known_hosts: Path | None,
-    accept_host_key: str | None,
-    jump: str | None,
+    ssh: Any,
     lines: int,
     as_json: bool,
 ) -> None:
     """The runtime's log and the deploy audit trail from the device."""
     from ..deploy import commands
 
-    res = _call(
-        commands.logs(_need_device(address), _ssh(known_hosts, accept_host_key, identity, jump), root, lines)
-    )
+    res = _call(commands.logs(_need_device(address), ssh, root, lines))
     if as_json:
         emit_json(res)
         return
@@ -283,21 +275,14 @@ def logs_cmd(
 def releases_cmd(
     address: str | None,
     root: str,
-    identity: Path | None,
-    known_hosts: Path | None,
-    accept_host_key: str | None,
-    jump: str | None,
+    ssh: Any,
     keep: int | None,
     as_json: bool,
 ) -> None:
     """List the releases on the device; --keep N prunes."""
     from ..deploy import commands
 
-    res = _call(
-        commands.releases(
-            _need_device(address), _ssh(known_hosts, accept_host_key, identity, jump), root, keep
-        )
-    )
+    res = _call(commands.releases(_need_device(address), ssh, root, keep))
     if as_json:
         emit_json(res)
         return
