@@ -27,6 +27,15 @@ Progress = Callable[[str], None] | None
 # ppl 22.0, and "The capital of France is Paris, France." ending at <|im_end|>. rtn_last (lm_head
 # int8) went over 100 MB; k_quant was 88.7 MB but ppl 23.7; asymmetric int4 made an invalid graph.
 INT4_MIXED = {"algo_config": "rtn", "matmul_mixed_precision": "mixed_layers:int8"}
+# int8 = the builder's 8-bit MatMulNBits (accuracy_level 4) + the tied embedding read from the int8
+# lm_head through GatherBlockQuantized (the builder alone keeps a 113 MB fp32 table: 267 MB in all).
+# Measured on SmolLM2 (bench/bench_int8.py): block 128 -> 153.5 MB, ppl 17.15 (fp32 17.16), "The
+# capital of France is Paris." + <|im_end|>; blocks 32 and 64 (153.8 / 145.3 MB, ppl 17.5) answer
+# "L'Étoile, ..." without stopping: the answer's first token is a near tie on the dequantized Q4_1
+# (fp32 logits "The" 25.33 vs "L" 25.24; block 128 keeps "The" by 0.05, blocks 32/64 flip it).
+INT8_BLOCK_SIZE = 128
+# keys starting with "llmos_" are done by llmos after the builder (they are part of the cache key)
+INT8_TIED = {"llmos_tie_int8_embedding": "gather_block_quantized_v1"}
 
 
 def prepare_from_gguf(
@@ -74,6 +83,8 @@ def builder_options(quant: str, block_size: int, accuracy_level: int) -> dict[st
         extra = {"block_size": block_size, "accuracy_level": accuracy_level}
     if quant == "int4":
         extra.update(INT4_MIXED)
+    if quant == "int8":
+        extra.update(block_size=INT8_BLOCK_SIZE, **INT8_TIED)
     return extra
 
 
@@ -102,7 +113,8 @@ def build_decoder(
         "precision": quant,
         "execution_provider": builder_provider(quant, execution_providers),
         "cache_dir": str(out / ".builder-cache"),
-        "extra_options": extra,
+        "extra_options": {k: v for k, v in extra.items() if not k.startswith("llmos_")},
+        "tie_int8_embedding": "llmos_tie_int8_embedding" in extra,
     }
     info = run_worker(tc, "genai_worker.py", req, on_progress=on_progress)
     md.copy_tokenizer(hf_dir, out)
@@ -111,7 +123,11 @@ def build_decoder(
     md.write_descriptor(
         out, name=name, task="text-generation", fmt="onnx-genai", quant=quant, context_length=context_length
     )
-    return {"architecture": info["architecture"], "builder_options": extra}
+    return {
+        "architecture": info["architecture"],
+        "builder_options": extra,
+        "tied_int8_embedding": info.get("tied_int8_embedding"),
+    }
 
 
 def _check_hf_dir(hf_dir: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from llmos_edge.errors import UserError
 from llmos_edge.stages.evaluate import generate
-from llmos_edge.stages.export import build_decoder, builder_provider
+from llmos_edge.stages.export import build_decoder, builder_options, builder_provider
 from llmos_edge.stages.model_dir import model_size_bytes
 from llmos_edge.toolchains import manager
 
@@ -53,7 +53,7 @@ def test_int8_export(tmp_path: Path, tiny_llama_hf: Path, tiny_decoder_fp32_dir:
         quant="int8",
         context_length=512,
     )
-    assert info["builder_options"] == {"block_size": 32, "accuracy_level": 4}
+    assert info["builder_options"] == builder_options("int8", 32, 4)
     _check_model_dir(out, "int8")
     assert b"MatMulNBits" in (out / "model.onnx").read_bytes()
     assert json.loads((out / "genai_config.json").read_text())["model"]["context_length"] == 512

@@ -53,7 +53,8 @@ def export_decoder(req: dict[str, Any]) -> dict[str, Any]:
     from onnxruntime_genai.models import builder
 
     hf_dir, out, cache = req["hf_dir"], req["out_dir"], req["cache_dir"]
-    arch = (json.loads(Path(hf_dir, "config.json").read_text()).get("architectures") or ["?"])[0]
+    config = json.loads(Path(hf_dir, "config.json").read_text())
+    arch = (config.get("architectures") or ["?"])[0]
     opts = [f"{k}={v}" for k, v in req.get("extra_options", {}).items()]
     progress(f"building {arch} {req['precision']} for {req['execution_provider']}")
     try:
@@ -67,7 +68,105 @@ def export_decoder(req: dict[str, Any]) -> dict[str, Any]:
             f"onnxruntime-genai's model builder cannot export architecture {arch}: {exc}",
         ) from exc
     shutil.rmtree(cache, ignore_errors=True)
-    return {"architecture": arch, "files": sorted(os.listdir(out))}
+    # only a model that ties its weights may read the embedding from the lm_head
+    tie = req.get("tie_int8_embedding") and config.get("tie_word_embeddings", False)
+    tied = tie_int8_embedding(Path(out)) if tie else None
+    return {"architecture": arch, "files": sorted(os.listdir(out)), "tied_int8_embedding": tied}
+
+
+def _embedding_rewrite(graph: Any, gather: Any, lm: Any, block: int, hidden: int) -> list[Any]:
+    """Reshape(lm_head Q8 rows) -> GatherBlockQuantized(bits 8) [-> Slice off the block padding]."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    rows, n_blocks, _ = next(i for i in graph.initializer if i.name == lm.input[1]).dims
+    padded, base = n_blocks * block, "/model/embed_tokens"
+    consts = {"q8_shape": [rows, padded], "slice_start": [0], "slice_end": [hidden], "slice_axis": [-1]}
+    graph.initializer.extend(
+        numpy_helper.from_array(np.array(v, dtype=np.int64), f"{base}/{k}") for k, v in consts.items()
+    )
+    out = gather.output[0]
+    gbq_out = out if padded == hidden else f"{base}/GatherBlockQuantized/output_0"
+    zero_points = [lm.input[3]] if len(lm.input) > 3 and lm.input[3] else []
+    nodes = [
+        helper.make_node(
+            "Reshape", [lm.input[1], f"{base}/q8_shape"], [f"{base}/q8_rows"], name=f"{base}/Reshape"
+        ),
+        helper.make_node(
+            "GatherBlockQuantized",
+            [f"{base}/q8_rows", gather.input[1], lm.input[2], *zero_points],
+            [gbq_out],
+            name=f"{base}/GatherBlockQuantized",
+            domain="com.microsoft",
+            bits=8,
+            block_size=block,
+            gather_axis=0,
+            quantize_axis=1,
+        ),
+    ]
+    if padded != hidden:
+        ins = [gbq_out, *(f"{base}/slice_{k}" for k in ("start", "end", "axis"))]
+        nodes.append(helper.make_node("Slice", ins, [out], name=f"{base}/Slice"))
+    return nodes
+
+
+def tie_int8_embedding(out: Path) -> dict[str, Any] | None:
+    """Share the int8 lm_head with the embedding lookup (the builder keeps a second, fp32 copy).
+
+    onnxruntime-genai's builder only ties 4-bit embeddings; onnxruntime's GatherBlockQuantized also
+    reads 8-bit MatMulNBits rows, so the fp32 table (113 MB on SmolLM2) can go. Returns None when the
+    graph is not a tied int8 one (then it is left as built).
+    """
+    import onnx
+    from onnx import helper
+
+    path = out / "model.onnx"
+    model = onnx.load(str(path))
+    graph = model.graph
+    gather = next((n for n in graph.node if n.name == "/model/embed_tokens/Gather"), None)
+    lm = next((n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/")), None)
+    table = next((i for i in graph.initializer if gather is not None and i.name == gather.input[0]), None)
+    if gather is None or lm is None or table is None:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in lm.attribute}
+    if attrs.get("bits") != 8 or attrs.get("N") != table.dims[0] or attrs.get("K") != table.dims[1]:
+        return None
+    progress("sharing the int8 lm_head with the embedding (GatherBlockQuantized, 8 bits)")
+    nodes = _embedding_rewrite(graph, gather, lm, int(attrs["block_size"]), int(table.dims[1]))
+    at = list(graph.node).index(gather)
+    graph.node.remove(gather)
+    for k, node in enumerate(nodes):
+        graph.node.insert(at + k, node)
+    graph.initializer.remove(table)
+    _save_external(model, out)
+    return {
+        "bits": 8,
+        "block_size": int(attrs["block_size"]),
+        "removed_bytes": int(table.dims[0] * table.dims[1] * 4),
+    }
+
+
+def _save_external(model: Any, out: Path) -> None:
+    """Write model.onnx + model.onnx.data under temp names, then rename over the builder's files."""
+    import onnx
+
+    tmp_data = "model.onnx.data.tmp"
+    onnx.save(
+        model,
+        str(out / "model.onnx.tmp"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=tmp_data,
+    )
+    # the graph names its data file: rewrite it to the final name, then swap both files in
+    final = onnx.load(str(out / "model.onnx.tmp"), load_external_data=False)
+    for init in final.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location":
+                entry.value = "model.onnx.data"
+    onnx.save(final, str(out / "model.onnx.tmp"))
+    os.replace(out / tmp_data, out / "model.onnx.data")
+    os.replace(out / "model.onnx.tmp", out / "model.onnx")
 
 
 def tiny_llama(req: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,69 @@
+"""int8-decoder fixtures: a private stage cache per test (toolchains reused), the shared tiny Llama."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmos_edge.paths import cache_root
+from llmos_edge.toolchains import manager
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """LLMOS_EDGE_CACHE in tmp_path; toolchains/ and dl/ link to the real ones (installs take minutes)."""
+    real = cache_root()
+    root = tmp_path / "cache"
+    root.mkdir()
+    for name in ("toolchains", "dl"):
+        (real / name).mkdir(parents=True, exist_ok=True)
+        os.symlink(real / name, root / name)
+    monkeypatch.setenv("LLMOS_EDGE_CACHE", str(root))
+    yield root
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_hf() -> Path:
+    import fixtures_models
+
+    return fixtures_models.tiny_llama_hf_dir()
+
+
+_GRAPH_INFO = """
+import json, sys, onnx
+m = onnx.load(sys.argv[1], load_external_data=False)
+attrs = lambda n: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+print(json.dumps({
+    "ops": sorted({n.op_type for n in m.graph.node}),
+    "initializers": {i.name: [list(i.dims), i.data_type] for i in m.graph.initializer},
+    "nodes": {n.name: {"op": n.op_type, "inputs": list(n.input), **attrs(n)} for n in m.graph.node
+              if n.op_type in ("Gather", "GatherBlockQuantized", "MatMulNBits", "Reshape")},
+}))
+"""
+
+
+def graph_info(model_dir: Path) -> dict[str, Any]:
+    """Ops, initializers and quantized nodes of model.onnx, read by the real onnx in the toolchain env
+    (the main venv has no onnx package)."""
+    tc = manager.ensure("onnx-genai", progress=False)
+    out = subprocess.run(
+        [str(tc.python), "-c", _GRAPH_INFO, str(model_dir / "model.onnx")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    info: dict[str, Any] = json.loads(out.stdout)
+    return info
+
+
+@pytest.fixture
+def read_graph() -> Callable[[Path], dict[str, Any]]:
+    """graph_info as a fixture (tests import nothing from conftest under --import-mode=importlib)."""
+    return graph_info
