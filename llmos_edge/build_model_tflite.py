@@ -20,8 +20,9 @@ _ENCODER_MAX_SEQ = 256
 
 
 def tflite_context(plan: Any) -> int:
-    return int(min(plan.context_length, MAX_TFLITE_CONTEXT if plan.task == "text-generation"
-                   else _ENCODER_MAX_SEQ))
+    return int(
+        min(plan.context_length, MAX_TFLITE_CONTEXT if plan.task == "text-generation" else _ENCODER_MAX_SEQ)
+    )
 
 
 def export_and_evaluate(run: Any, plan: Any, src: Any, limits: dict[str, Any]) -> tuple[Path, Any, Any]:
@@ -31,30 +32,61 @@ def export_and_evaluate(run: Any, plan: Any, src: Any, limits: dict[str, Any]) -
     tc = tflite.toolchain()
     tflite.check_quant(plan.quant)
     ctx = tflite_context(plan)
-    opts = {"format": "tflite", "task": plan.task, "quant": plan.quant, "context": ctx,
-            "name": plan.recipe.name}
+    opts = {
+        "format": "tflite",
+        "task": plan.task,
+        "quant": plan.quant,
+        "context": ctx,
+        "name": plan.recipe.name,
+    }
     key = cache.stage_key("export", {"source": src.sha256}, opts, tc.lock_hash)
 
     def produce(out: Path) -> dict[str, Any]:
         if plan.task == "text-generation":
-            return tflite.export_decoder(tc, src.path, out, name=plan.recipe.name, quant=plan.quant,
-                                         context_length=ctx, on_progress=run.log("export"))
-        return tflite.export_encoder(tc, src.path, out, name=plan.recipe.name, quant=plan.quant,
-                                     seq_len=ctx, on_progress=run.log("export"))
+            return tflite.export_decoder(
+                tc,
+                src.path,
+                out,
+                name=plan.recipe.name,
+                quant=plan.quant,
+                context_length=ctx,
+                on_progress=run.log("export"),
+            )
+        return tflite.export_encoder(
+            tc,
+            src.path,
+            out,
+            name=plan.recipe.name,
+            quant=plan.quant,
+            seq_len=ctx,
+            on_progress=run.log("export"),
+        )
 
     model_dir = run.stage("export", key, produce, opts)
     text = plan.recipe.evaluation_text or ""
-    eval_opts = {"text": hashlib.sha256(text.encode()).hexdigest(), "limits": limits,
-                 "golden": [g.model_dump() for g in plan.recipe.golden], "v": 1}
+    eval_opts = {
+        "text": hashlib.sha256(text.encode()).hexdigest(),
+        "limits": limits,
+        "golden": [g.model_dump() for g in plan.recipe.golden],
+        "v": 1,
+    }
     eval_key = cache.stage_key("evaluate", {"model": key}, eval_opts)
 
     def score(out: Path) -> None:
         if plan.task == "text-generation":
-            rep = tflite.evaluate_decoder(tc, model_dir, src.path, quant=plan.quant, evaluation_text=text,
-                                          golden=plan.recipe.golden, limits=limits)
+            rep = tflite.evaluate_decoder(
+                tc,
+                model_dir,
+                src.path,
+                quant=plan.quant,
+                evaluation_text=text,
+                golden=plan.recipe.golden,
+                limits=limits,
+            )
         else:
-            rep = tflite.evaluate_encoder(tc, model_dir, src.path, quant=plan.quant, evaluation_text=text,
-                                          limits=limits)
+            rep = tflite.evaluate_encoder(
+                tc, model_dir, src.path, quant=plan.quant, evaluation_text=text, limits=limits
+            )
         (out / "quality.json").write_text(json.dumps(rep.to_dict(), indent=2))
 
     path = run.stage("evaluate", eval_key, score, {"quant": plan.quant})

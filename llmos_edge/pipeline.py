@@ -36,8 +36,13 @@ class BuildResult:
     report: dict[str, Any]
 
 
-def plan(target: str = DEFAULT_TARGET, recipe: str = DEFAULT_RECIPE, *, quant: Quant | None = None,
-         format: Format | None = None) -> BuildPlan:
+def plan(
+    target: str = DEFAULT_TARGET,
+    recipe: str = DEFAULT_RECIPE,
+    *,
+    quant: Quant | None = None,
+    format: Format | None = None,
+) -> BuildPlan:
     """Resolve a build without running it; raises UserError for builds that cannot fit or run."""
     return make_plan(spec.load_target(target), spec.load_recipe(recipe), quant=quant, format=format)
 
@@ -57,10 +62,21 @@ def default_signing_key() -> Path:
     return key
 
 
-def build(target: str = DEFAULT_TARGET, recipe: str = DEFAULT_RECIPE, *, out: Path | None = None,
-          quant: Quant | None = None, format: Format | None = None, no_cache: bool = False,
-          signing_key: Path | None = None, unsigned: bool = False, wheels: bool = True,
-          encrypt_for: Path | None = None, version: str = "0.1.0", progress: bool = True) -> BuildResult:
+def build(
+    target: str = DEFAULT_TARGET,
+    recipe: str = DEFAULT_RECIPE,
+    *,
+    out: Path | None = None,
+    quant: Quant | None = None,
+    format: Format | None = None,
+    no_cache: bool = False,
+    signing_key: Path | None = None,
+    unsigned: bool = False,
+    wheels: bool = True,
+    encrypt_for: Path | None = None,
+    version: str = "0.1.0",
+    progress: bool = True,
+) -> BuildResult:
     """Run every stage; the output folder appears only when the whole build succeeded."""
     from .build_model import build_model
 
@@ -71,8 +87,9 @@ def build(target: str = DEFAULT_TARGET, recipe: str = DEFAULT_RECIPE, *, out: Pa
     model = build_model(the_plan, no_cache=no_cache, progress=progress)
     key = None if unsigned else (signing_key or default_signing_key())
     with atomic_dir(out.resolve()) as tmp:
-        bundle = _make_bundle(the_plan, model, tmp, key=key, wheels=wheels, encrypt_for=encrypt_for,
-                              version=version)
+        bundle = _make_bundle(
+            the_plan, model, tmp, key=key, wheels=wheels, encrypt_for=encrypt_for, version=version
+        )
         firmware = _maybe_firmware(the_plan, tmp, version)
         report = _report(the_plan, model.report, bundle, firmware, key, time.monotonic() - started)
         atomic_write_text(tmp / "build-report.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
@@ -94,8 +111,16 @@ def _needed_bytes(the_plan: BuildPlan) -> int:
     return int((model_mb * 2.2 + _SPACE_MARGIN_MB) * 1e6)
 
 
-def _make_bundle(the_plan: BuildPlan, model: Any, out: Path, *, key: Path | None, wheels: bool,
-                 encrypt_for: Path | None, version: str) -> Any:
+def _make_bundle(
+    the_plan: BuildPlan,
+    model: Any,
+    out: Path,
+    *,
+    key: Path | None,
+    wheels: bool,
+    encrypt_for: Path | None,
+    version: str,
+) -> Any:
     from .bundle import BundleSpec, make_bundle
 
     spec_ = BundleSpec(
@@ -138,8 +163,14 @@ def _maybe_firmware(the_plan: BuildPlan, out: Path, version: str) -> dict[str, A
     }
 
 
-def _report(the_plan: BuildPlan, model_report: dict[str, Any], bundle: Any, firmware: dict[str, Any] | None,
-            key: Path | None, seconds: float) -> dict[str, Any]:
+def _report(
+    the_plan: BuildPlan,
+    model_report: dict[str, Any],
+    bundle: Any,
+    firmware: dict[str, Any] | None,
+    key: Path | None,
+    seconds: float,
+) -> dict[str, Any]:
     from .fsutil import sha256_file
 
     return {
@@ -167,8 +198,10 @@ def answer(result: BuildResult, prompt: str, *, max_tokens: int = 64) -> str:
     from .runtime.runner import generate_to
 
     if result.plan.task != "text-generation":
-        raise UserError(f"{result.plan.recipe.name} is a {result.plan.task} model; it answers no prompts",
-                        hints=["serve it and call /v1/embeddings instead"])
+        raise UserError(
+            f"{result.plan.recipe.name} is a {result.plan.task} model; it answers no prompts",
+            hints=["serve it and call /v1/embeddings instead"],
+        )
     config = replace(config_for_model_dirs([result.model_dir]), audit_log=None)
     body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0}
     return generate_to(config, None, body, lambda _piece: None).text.strip()

@@ -55,8 +55,9 @@ class BuildPlan:
         }
 
 
-def make_plan(target: Target, recipe: Recipe, *, quant: Quant | None = None,
-              format: Format | None = None) -> BuildPlan:
+def make_plan(
+    target: Target, recipe: Recipe, *, quant: Quant | None = None, format: Format | None = None
+) -> BuildPlan:
     """Resolve every choice and refuse what cannot fit or run on the target."""
     _check_platform(target)
     override = recipe.targets.get(target.name)
@@ -77,8 +78,9 @@ def make_plan(target: Target, recipe: Recipe, *, quant: Quant | None = None,
         quant=q,
         block_size=(override.block_size if override and override.block_size else recipe.block_size),
         accuracy_level=recipe.accuracy_level,
-        context_length=(override.context_length if override and override.context_length
-                        else recipe.context_length),
+        context_length=(
+            override.context_length if override and override.context_length else recipe.context_length
+        ),
         toolchain=_toolchain(fmt, recipe),
         stages=tuple(stages),
         execution_providers=target.execution_providers,
@@ -93,9 +95,11 @@ def _check_platform(target: Target) -> None:
         raise UserError(
             f"target {target.name!r} is {target.platform.arch}: onnxruntime publishes no wheel for it, "
             "so the runtime cannot run there",
-            hints=["install a 64-bit OS image (Raspberry Pi OS 64-bit) and use an aarch64 target "
-                   "such as rpi4 or rpi5",
-                   "for microcontrollers use a host-offload target (esp32s3-host-offload)"],
+            hints=[
+                "install a 64-bit OS image (Raspberry Pi OS 64-bit) and use an aarch64 target "
+                "such as rpi4 or rpi5",
+                "for microcontrollers use a host-offload target (esp32s3-host-offload)",
+            ],
         )
 
 
@@ -132,16 +136,20 @@ def _estimate(recipe: Recipe, quant: str) -> tuple[float | None, float | None]:
     return model_mb, round(model_mb * _RAM_FACTOR + _RUNTIME_OVERHEAD_MB, 1)
 
 
-def _check_budgets(target: Target, recipe: Recipe, quant: str, model_mb: float | None,
-                   ram_mb: float | None) -> None:
+def _check_budgets(
+    target: Target, recipe: Recipe, quant: str, model_mb: float | None, ram_mb: float | None
+) -> None:
     if model_mb is None or ram_mb is None:
         return
     if ram_mb > target.budgets.model_ram_mb:
         raise UserError(
             f"{recipe.name} at {quant} needs about {ram_mb:.0f} MB of RAM; target {target.name!r} "
             f"allows {target.budgets.model_ram_mb} MB for models",
-            hints=["choose a smaller quantization (--quant int4)", "or a smaller model",
-                   "or a target with more memory"],
+            hints=[
+                "choose a smaller quantization (--quant int4)",
+                "or a smaller model",
+                "or a target with more memory",
+            ],
         )
     if model_mb > target.budgets.storage_mb:
         raise UserError(

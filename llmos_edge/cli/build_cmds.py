@@ -14,8 +14,13 @@ _FORMATS = click.Choice(["onnx-genai", "onnx", "tflite"])
 
 
 def _target_recipe(fn: Any) -> Any:
-    fn = click.option("--recipe", "-r", default="smollm2-135m-instruct", show_default=True,
-                      help="Recipe name or path to a recipe .toml.")(fn)
+    fn = click.option(
+        "--recipe",
+        "-r",
+        default="smollm2-135m-instruct",
+        show_default=True,
+        help="Recipe name or path to a recipe .toml.",
+    )(fn)
     fn = click.option("--target", "-t", default="host", show_default=True, help="Target profile name.")(fn)
     fn = click.option("--quant", type=_QUANTS, help="Override the target's quantization.")(fn)
     return click.option("--format", "fmt", type=_FORMATS, help="Override the model format.")(fn)
@@ -40,24 +45,53 @@ def plan_cmd(target: str, recipe: str, quant: str | None, fmt: str | None, as_js
 @_target_recipe
 @click.option("--out", "-o", type=click.Path(path_type=Path), help="Output folder [build/RECIPE-TARGET].")
 @click.option("--no-cache", is_flag=True, help="Re-run every stage.")
-@click.option("--key", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Ed25519 signing key (llmos-edge keys generate).")
+@click.option(
+    "--key",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Ed25519 signing key (llmos-edge keys generate).",
+)
 @click.option("--unsigned", is_flag=True, help="Do not sign the bundle (deploy will refuse it).")
 @click.option("--no-wheels", is_flag=True, help="Leave the runtime's offline wheels out of the bundle.")
-@click.option("--encrypt-for", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Encrypt model weights for this device X25519 public key.")
+@click.option(
+    "--encrypt-for",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Encrypt model weights for this device X25519 public key.",
+)
 @click.option("--bundle-version", default="0.1.0", show_default=True, help="Bundle version (semver).")
 @click.option("--prompt", help="After building, ask the model this and print its answer.")
 @json_option
-def build_cmd(target: str, recipe: str, quant: str | None, fmt: str | None, out: Path | None,
-              no_cache: bool, key: Path | None, unsigned: bool, no_wheels: bool,
-              encrypt_for: Path | None, bundle_version: str, prompt: str | None, as_json: bool) -> None:
+def build_cmd(
+    target: str,
+    recipe: str,
+    quant: str | None,
+    fmt: str | None,
+    out: Path | None,
+    no_cache: bool,
+    key: Path | None,
+    unsigned: bool,
+    no_wheels: bool,
+    encrypt_for: Path | None,
+    bundle_version: str,
+    prompt: str | None,
+    as_json: bool,
+) -> None:
     """Build a quality-checked, signed device bundle for TARGET from RECIPE."""
     from ..pipeline import answer, build
 
-    result = build(target, recipe, out=out, quant=quant, format=fmt,  # type: ignore[arg-type]
-                   no_cache=no_cache, signing_key=key, unsigned=unsigned, wheels=not no_wheels,
-                   encrypt_for=encrypt_for, version=bundle_version, progress=not as_json)
+    result = build(
+        target,
+        recipe,
+        out=out,
+        quant=quant,  # type: ignore[arg-type]  # click.Choice guarantees the literal
+        format=fmt,  # type: ignore[arg-type]
+        no_cache=no_cache,
+        signing_key=key,
+        unsigned=unsigned,
+        wheels=not no_wheels,
+        encrypt_for=encrypt_for,
+        version=bundle_version,
+        progress=not as_json,
+    )
     reply = answer(result, prompt) if prompt else None
     if as_json:
         emit_json({**result.report, "out_dir": str(result.out_dir), "answer": reply})
@@ -78,14 +112,21 @@ def _print_summary(result: Any) -> None:
         ("quality", _quality_line(quality)),
         ("seconds", rep["seconds"]),
     ]
-    table(f"built {result.plan.recipe.name} for {result.plan.target.name} "
-          f"({result.plan.format}, {result.plan.quant})", ["", ""], rows)
+    table(
+        f"built {result.plan.recipe.name} for {result.plan.target.name} "
+        f"({result.plan.format}, {result.plan.quant})",
+        ["", ""],
+        rows,
+    )
 
 
 def _quality_line(q: dict[str, Any]) -> str:
-    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in q.items()
-             if k in ("perplexity", "reference_perplexity", "perplexity_ratio", "cosine_min", "passed")
-             and v is not None]
+    parts = [
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in q.items()
+        if k in ("perplexity", "reference_perplexity", "perplexity_ratio", "cosine_min", "passed")
+        and v is not None
+    ]
     return ", ".join(parts) or "n/a"
 
 
@@ -102,11 +143,24 @@ def cache_ls(as_json: bool) -> None:
 
     entries = stage_cache.list_entries()
     if as_json:
-        emit_json([{"stage": e.stage, "key": e.key, "path": str(e.path), "bytes": e.size_bytes,
-                    "last_used": e.last_used} for e in entries])
+        emit_json(
+            [
+                {
+                    "stage": e.stage,
+                    "key": e.key,
+                    "path": str(e.path),
+                    "bytes": e.size_bytes,
+                    "last_used": e.last_used,
+                }
+                for e in entries
+            ]
+        )
         return
-    table("stage cache", ["stage", "key", "MB", "last used"],
-          [(e.stage, e.key[:16], f"{e.size_bytes / 1e6:.1f}", _ago(e.last_used)) for e in entries])
+    table(
+        "stage cache",
+        ["stage", "key", "MB", "last used"],
+        [(e.stage, e.key[:16], f"{e.size_bytes / 1e6:.1f}", _ago(e.last_used)) for e in entries],
+    )
 
 
 def _ago(ts: float) -> str:
@@ -117,8 +171,13 @@ def _ago(ts: float) -> str:
 
 
 @cache.command("prune")
-@click.option("--older-than-days", type=float, default=30, show_default=True,
-              help="Remove entries unused for this long.")
+@click.option(
+    "--older-than-days",
+    type=float,
+    default=30,
+    show_default=True,
+    help="Remove entries unused for this long.",
+)
 @click.option("--stage", help="Only this stage (fetch, prepare, export, quantize, evaluate).")
 @click.option("--all", "prune_all", is_flag=True, help="Remove everything.")
 @click.option("--dry-run", is_flag=True, help="Only show what would be removed.")
@@ -126,7 +185,8 @@ def cache_prune(older_than_days: float, stage: str | None, prune_all: bool, dry_
     """Remove cached stage outputs."""
     from .. import cache as stage_cache
 
-    removed = stage_cache.prune(older_than_days=older_than_days, stage=stage, dry_run=dry_run,
-                                everything=prune_all)
+    removed = stage_cache.prune(
+        older_than_days=older_than_days, stage=stage, dry_run=dry_run, everything=prune_all
+    )
     verb = "would free" if dry_run else "freed"
     click.echo(f"{verb} {sum(e.size_bytes for e in removed) / 1e6:.1f} MB in {len(removed)} entries")

@@ -21,9 +21,21 @@ def targets_list(as_json: bool) -> None:
     if as_json:
         emit_json([{"name": t.name, "arch": t.platform.arch, "description": t.description} for t in items])
         return
-    table("targets", ["name", "arch", "RAM MB", "quant", "transport", "description"],
-          [(t.name, t.platform.arch, t.budgets.ram_mb, t.model.default_quant, t.transport.kind,
-            t.description) for t in items])
+    table(
+        "targets",
+        ["name", "arch", "RAM MB", "quant", "transport", "description"],
+        [
+            (
+                t.name,
+                t.platform.arch,
+                t.budgets.ram_mb,
+                t.model.default_quant,
+                t.transport.kind,
+                t.description,
+            )
+            for t in items
+        ],
+    )
 
 
 @targets.command("show")
@@ -52,8 +64,11 @@ def recipes_list(as_json: bool) -> None:
     if as_json:
         emit_json([{"name": r.name, "task": r.task, "source": r.source.kind} for r in items])
         return
-    table("recipes", ["name", "task", "source", "description"],
-          [(r.name, r.task, r.source.kind, r.description) for r in items])
+    table(
+        "recipes",
+        ["name", "task", "source", "description"],
+        [(r.name, r.task, r.source.kind, r.description) for r in items],
+    )
 
 
 @recipes.command("show")

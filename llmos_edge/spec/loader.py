@@ -36,8 +36,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
-        raise SpecError(str(path), "(file)", f"malformed TOML: {exc}",
-                        hints=["fix the syntax; see docs/spec.md for examples"]) from exc
+        raise SpecError(
+            str(path),
+            "(file)",
+            f"malformed TOML: {exc}",
+            hints=["fix the syntax; see docs/spec.md for examples"],
+        ) from exc
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror}") from exc
 
@@ -46,7 +50,8 @@ def _check_version(path: Path, raw: dict[str, Any]) -> None:
     version = raw.get("schema_version")
     if version != SCHEMA_VERSION:
         raise SpecError(
-            str(path), "schema_version",
+            str(path),
+            "schema_version",
             f"is {version!r}; this llmos-edge reads schema_version = {SCHEMA_VERSION}",
             hints=["add `schema_version = 1` at the top", "or upgrade llmos-edge if the file is newer"],
         )
@@ -63,13 +68,19 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _resolve_extends(kind: str, name: str, files: dict[str, Path], chain: tuple[str, ...] = ()) -> dict[str, Any]:
+def _resolve_extends(
+    kind: str, name: str, files: dict[str, Path], chain: tuple[str, ...] = ()
+) -> dict[str, Any]:
     if name in chain:
         raise SpecError(str(files[chain[0]]), "extends", f"cycle: {' -> '.join((*chain, name))}")
     if name not in files:
         if chain:
-            raise SpecError(str(files[chain[-1]]), "extends", f"unknown {kind[:-1]} {name!r}",
-                            hints=[f"known: {', '.join(sorted(files))}"])
+            raise SpecError(
+                str(files[chain[-1]]),
+                "extends",
+                f"unknown {kind[:-1]} {name!r}",
+                hints=[f"known: {', '.join(sorted(files))}"],
+            )
         raise _unknown(kind, name, files)
     path = files[name]
     raw = _read_toml(path)

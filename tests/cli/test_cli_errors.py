@@ -17,8 +17,13 @@ HERE = Path(__file__).parent
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "llmos_edge", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "llmos_edge", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def test_every_command_has_help() -> None:
@@ -64,14 +69,17 @@ def test_plan_json_is_machine_readable() -> None:
 
 def test_targets_and_recipes_listing_json() -> None:
     targets = json.loads(run_cli("targets", "list", "--json").stdout)
-    assert {"rpi4", "rpi5", "jetson-orin-nano", "esp32s3-host-offload", "host"} <= {t["name"] for t in targets}
+    assert {"rpi4", "rpi5", "jetson-orin-nano", "esp32s3-host-offload", "host"} <= {
+        t["name"] for t in targets
+    }
     assert "rpi-base" not in {t["name"] for t in targets}
     recipes = json.loads(run_cli("recipes", "list", "--json").stdout)
     assert {"smollm2-135m-instruct", "all-minilm-l6-v2"} <= {r["name"] for r in recipes}
 
 
-def test_a_bug_prints_traceback_and_asks_for_report(monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bug_prints_traceback_and_asks_for_report(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     @click.command("explode")
     def explode() -> None:
         raise ZeroDivisionError("internal invariant")
@@ -84,7 +92,9 @@ def test_a_bug_prints_traceback_and_asks_for_report(monkeypatch: pytest.MonkeyPa
     assert "Traceback" in err and "ZeroDivisionError" in err and "please report" in err.lower()
 
 
-def test_disk_full_is_a_user_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_disk_full_is_a_user_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import errno
 
     @click.command("fill")

@@ -41,7 +41,8 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _build(env: Path, out: str, **kw: object) -> llmos_edge.BuildResult:
     result: llmos_edge.BuildResult = llmos_edge.build(
-        "host", "tiny", out=env / out, signing_key=env / "sign.key", wheels=False, progress=False, **kw)
+        "host", "tiny", out=env / out, signing_key=env / "sign.key", wheels=False, progress=False, **kw
+    )
     return result
 
 
@@ -55,8 +56,9 @@ def test_build_makes_a_verified_reproducible_bundle(env: Path) -> None:
     assert first.report["model"]["quality"]["perplexity_ratio"] <= 1.5
 
     second = _build(env, "b")
-    assert all(s.get("cache_hit") for s in second.report["model"]["stages"] if s["stage"] != "fetch"), \
+    assert all(s.get("cache_hit") for s in second.report["model"]["stages"] if s["stage"] != "fetch"), (
         second.report["model"]["stages"]
+    )
     assert first.image.read_bytes() == second.image.read_bytes(), "same inputs must give the same image"
 
 
@@ -72,8 +74,9 @@ def test_changed_quant_reruns_only_quantize_and_later(env: Path) -> None:
 def test_quality_gate_failure_leaves_no_output(env: Path) -> None:
     out = env / "strict"
     with pytest.raises(CheckFailed) as info:
-        llmos_edge.build("host", "tiny-strict", out=out, signing_key=env / "sign.key", wheels=False,
-                         progress=False)
+        llmos_edge.build(
+            "host", "tiny-strict", out=out, signing_key=env / "sign.key", wheels=False, progress=False
+        )
     assert "perplexity" in info.value.message
     assert not out.exists(), "a failed build must not leave an output that looks finished"
     assert not list(env.glob(".strict.*")), "no partial folder may be left behind"
@@ -81,24 +84,42 @@ def test_quality_gate_failure_leaves_no_output(env: Path) -> None:
 
 def test_quality_gate_failure_via_cli_exit_4(env: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "llmos_edge", "build", "--recipe", "tiny-strict", "--no-wheels",
-         "--key", str(env / "sign.key"), "--out", str(env / "cli")],
-        capture_output=True, text=True, env=dict(os.environ), timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "llmos_edge",
+            "build",
+            "--recipe",
+            "tiny-strict",
+            "--no-wheels",
+            "--key",
+            str(env / "sign.key"),
+            "--out",
+            str(env / "cli"),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=900,
+    )
     assert result.returncode == 4, result.stderr
     assert "perplexity" in result.stderr and "Traceback" not in result.stderr
     assert not (env / "cli").exists()
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None,
-                    reason="needs root to mount a small tmpfs that fills up")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("mount") is None,
+    reason="needs root to mount a small tmpfs that fills up",
+)
 def test_not_enough_disk_space_is_refused_cleanly(env: Path) -> None:
     small = env / "small"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
     try:
         with pytest.raises(UserError, match="not enough disk space"):
-            llmos_edge.build("host", "tiny", out=small / "out", signing_key=env / "sign.key", wheels=False,
-                             progress=False)
+            llmos_edge.build(
+                "host", "tiny", out=small / "out", signing_key=env / "sign.key", wheels=False, progress=False
+            )
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=False)
@@ -106,9 +127,25 @@ def test_not_enough_disk_space_is_refused_cleanly(env: Path) -> None:
 
 def test_build_json_output(env: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "llmos_edge", "build", "--recipe", "tiny", "--no-wheels", "--json",
-         "--key", str(env / "sign.key"), "--out", str(env / "json")],
-        capture_output=True, text=True, env=dict(os.environ), timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "llmos_edge",
+            "build",
+            "--recipe",
+            "tiny",
+            "--no-wheels",
+            "--json",
+            "--key",
+            str(env / "sign.key"),
+            "--out",
+            str(env / "json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["bundle"]["signed"] is True and len(data["bundle"]["image_sha256"]) == 64

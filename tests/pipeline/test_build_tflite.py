@@ -23,8 +23,16 @@ def test_tiny_decoder_tflite_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     )
     monkeypatch.setenv("LLMOS_EDGE_RECIPES_PATH", str(recipes))
     generate_keys(tmp_path / "k")
-    result = llmos_edge.build("host", "tiny-tfl", format="tflite", quant="int8", out=tmp_path / "out",
-                              signing_key=tmp_path / "k.key", wheels=False, progress=False)
+    result = llmos_edge.build(
+        "host",
+        "tiny-tfl",
+        format="tflite",
+        quant="int8",
+        out=tmp_path / "out",
+        signing_key=tmp_path / "k.key",
+        wheels=False,
+        progress=False,
+    )
     manifest = verify_bundle(result.image, tmp_path / "k.pub")
     files = manifest.raw["files"]
     assert any(f.endswith("model.tflite") for f in files), sorted(files)

@@ -15,10 +15,25 @@ import pytest
 def test_rpi5_default_build_answers_paris(tmp_path: Path) -> None:
     out = tmp_path / "rpi5"
     result = subprocess.run(
-        [sys.executable, "-m", "llmos_edge", "build", "--target", "rpi5", "--no-wheels", "--json",
-         "--out", str(out), "--prompt", "What is the capital of France?"],
-        capture_output=True, text=True, timeout=3000,
-        env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")})
+        [
+            sys.executable,
+            "-m",
+            "llmos_edge",
+            "build",
+            "--target",
+            "rpi5",
+            "--no-wheels",
+            "--json",
+            "--out",
+            str(out),
+            "--prompt",
+            "What is the capital of France?",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=3000,
+        env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(result.stdout)
     assert "paris" in data["answer"].lower()
