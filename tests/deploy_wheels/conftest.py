@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: reach tests/deploy's helpers
-from tests.deploy.devices import DEV_USER, Device, make_client_key, start_device
+from tests.deploy.devices import DEV_USER, Device, start_device
 
 if not (Path("/usr/sbin/sshd").exists() and os.geteuid() == 0):
     pytest.skip(
@@ -31,24 +31,9 @@ if not (Path("/usr/sbin/sshd").exists() and os.geteuid() == 0):
         allow_module_level=True,
     )
 
+from tests.deploy.conftest import client_key, signing_key
 
-@pytest.fixture(scope="session")
-def client_key() -> Iterator[tuple[Path, Path]]:
-    folder = Path(tempfile.mkdtemp(prefix="llmos-devw-keys-", dir="/tmp"))
-    os.chmod(folder, 0o755)
-    key, pub = make_client_key(folder)
-    auth = folder / "authorized_keys"
-    auth.write_text(pub)
-    os.chmod(auth, 0o644)
-    yield key, auth
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def signing_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from llmos_edge.bundle.keys import generate_keys
-
-    return generate_keys(tmp_path_factory.mktemp("keys") / "sign")
+__all__ = ["client_key", "signing_key"]
 
 
 def stop_agent_processes(dev: Device) -> None:
