@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from .bundles import make_bundle
-from .devices import Device, make_client_key, start_device
+from .devices import DEV_USER, Device, make_client_key, start_device
 
 if not (Path("/usr/sbin/sshd").exists() and os.geteuid() == 0):
     pytest.skip(
@@ -62,3 +64,28 @@ def bundle_for(tmp_path: Path, signing_key: tuple[Path, Path]) -> BundleFactory:
         return make_bundle(out, version, port=dev.runtime_port, **kw)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def device_python() -> Iterator[str]:
+    """A python the device user can run that sees this project's site-packages (same 3.11 ABI).
+
+    For bundles built --no-wheels (the bridge test): /root is 0700, so the project venv itself is out
+    of the device user's reach; a world-readable venv of /usr/bin/python3 points at its packages.
+    """
+    site = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "onnxruntime").is_dir())
+    folder = Path(tempfile.mkdtemp(prefix="llmos-dev-py-", dir="/tmp"))
+    folder.chmod(0o755)
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(folder / "venv")], check=True)
+    ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    (folder / "venv" / "lib" / ver / "site-packages" / "project.pth").write_text(f"{site}\n")
+    py = str(folder / "venv" / "bin" / "python3")
+    probe = subprocess.run(
+        ["su", DEV_USER, "-s", "/bin/sh", "-c", f"{py} -c 'import onnxruntime_genai, serial'"],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"the device user cannot import the runtime's dependencies: {probe.stderr[-300:]}")
+    yield py
+    shutil.rmtree(folder, ignore_errors=True)

@@ -3,45 +3,18 @@ and its real smoke test passes there; a config-only update then sends almost not
 
 Device Python: /root is 0700, so the device user cannot run the project venv's interpreter. The test
 gives the device a world-readable venv of the system python3 that sees the project's site-packages
-(same CPython 3.11 ABI) and passes it as --device-python. (The agent's other path, a venv built from
-the bundle's offline wheels, needs wheel downloads and is not exercised here.)
+(same CPython 3.11 ABI) and passes it as --device-python (fixture in conftest.py). The agent's other
+path, a venv built from the bundle's offline wheels, is tested in tests/deploy_wheels.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-import tempfile
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from .devices import DEV_USER, Device, free_port
+from .devices import Device, free_port
 from .helpers import run_deploy
-
-
-@pytest.fixture(scope="module")
-def device_python() -> Iterator[str]:
-    site = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "onnxruntime").is_dir())
-    folder = Path(tempfile.mkdtemp(prefix="llmos-dev-py-", dir="/tmp"))
-    folder.chmod(0o755)
-    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(folder / "venv")], check=True)
-    ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    (folder / "venv" / "lib" / ver / "site-packages" / "project.pth").write_text(f"{site}\n")
-    py = str(folder / "venv" / "bin" / "python3")
-    probe = subprocess.run(
-        ["su", DEV_USER, "-s", "/bin/sh", "-c", f"{py} -c 'import onnxruntime_genai'"],
-        capture_output=True,
-        text=True,
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"the device user cannot import the runtime's dependencies: {probe.stderr[-300:]}")
-    yield py
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _bundle(out: Path, model: Path, version: str, key: Path, port: int, threads: int) -> Path:

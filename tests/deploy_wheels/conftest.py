@@ -11,11 +11,8 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +20,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: reach tests/deploy's helpers
-from tests.deploy.devices import DEV_USER, Device, start_device
+from tests.deploy.devices import Device, start_device
 
 if not (Path("/usr/sbin/sshd").exists() and os.geteuid() == 0):
     pytest.skip(
@@ -31,9 +28,9 @@ if not (Path("/usr/sbin/sshd").exists() and os.geteuid() == 0):
         allow_module_level=True,
     )
 
-from tests.deploy.conftest import client_key, signing_key
+from tests.deploy.conftest import client_key, device_python, signing_key
 
-__all__ = ["client_key", "signing_key"]
+__all__ = ["client_key", "device_python", "signing_key"]
 
 
 def stop_agent_processes(dev: Device) -> None:
@@ -51,31 +48,6 @@ def device(tmp_path: Path, client_key: tuple[Path, Path]) -> Iterator[Device]:
     yield dev
     stop_agent_processes(dev)
     dev.stop()
-
-
-@pytest.fixture(scope="session")
-def device_python() -> Iterator[str]:
-    """A python the device user can run that sees this project's site-packages (same 3.11 ABI).
-
-    For bundles built --no-wheels (the bridge test): /root is 0700, so the project venv itself is out
-    of the device user's reach; a world-readable venv of /usr/bin/python3 points at its packages.
-    """
-    site = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "onnxruntime").is_dir())
-    folder = Path(tempfile.mkdtemp(prefix="llmos-devw-py-", dir="/tmp"))
-    folder.chmod(0o755)
-    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(folder / "venv")], check=True)
-    ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    (folder / "venv" / "lib" / ver / "site-packages" / "project.pth").write_text(f"{site}\n")
-    py = str(folder / "venv" / "bin" / "python3")
-    probe = subprocess.run(
-        ["su", DEV_USER, "-s", "/bin/sh", "-c", f"{py} -c 'import onnxruntime_genai, serial'"],
-        capture_output=True,
-        text=True,
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"the device user cannot import the runtime's dependencies: {probe.stderr[-300:]}")
-    yield py
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def make_wheel(out: Path, dist: str, version: str, *, tag: str = "py3-none-any", code: str = "") -> Path:
