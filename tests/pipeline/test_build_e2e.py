@@ -62,13 +62,13 @@ def test_build_makes_a_verified_reproducible_bundle(env: Path) -> None:
     assert first.image.read_bytes() == second.image.read_bytes(), "same inputs must give the same image"
 
 
-def test_changed_quant_reruns_only_quantize_and_later(env: Path) -> None:
-    _build(env, "int4")
-    result = _build(env, "int8", quant="int8")
-    stages = result.report["model"]["stages"]
-    ran = {s["stage"] for s in stages if not s.get("cache_hit") and s["stage"] != "fetch"}
-    assert "prepare" not in ran and "export" not in ran
-    assert {"quantize", "evaluate"} <= ran, result.report["model"]["stages"]
+def test_changed_quant_changes_only_quantize_and_later_keys(env: Path) -> None:
+    """Keys, not hit flags: the shared stage cache may already hold either build from earlier runs."""
+    first = {s["stage"]: s["key"] for s in _build(env, "int4").report["model"]["stages"]}
+    second = {s["stage"]: s["key"] for s in _build(env, "int8", quant="int8").report["model"]["stages"]}
+    same = {stage for stage in first if first[stage] == second.get(stage)}
+    assert {"fetch", "export"} <= same, (first, second)
+    assert "quantize" not in same and "evaluate" not in same, (first, second)
 
 
 def test_quality_gate_failure_leaves_no_output(env: Path) -> None:
