@@ -6,10 +6,14 @@ The returned folders are shared and cached across sessions: copy before modifyin
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from llmos_edge.paths import cache_root
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fixtures_models
@@ -37,3 +41,23 @@ def tiny_encoder_dir() -> Path:
 def smollm2_int4_dir() -> Path:
     """The real SmolLM2-135M-Instruct int4 build (slow: mark tests using it @pytest.mark.slow)."""
     return fixtures_models.smollm2_int4_dir()
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """LLMOS_EDGE_CACHE in tmp_path; toolchains/ and dl/ link to the real ones (installs take minutes)."""
+    real = cache_root()
+    root = tmp_path / "cache"
+    root.mkdir()
+    for name in ("toolchains", "dl"):
+        (real / name).mkdir(parents=True, exist_ok=True)
+        os.symlink(real / name, root / name)
+    monkeypatch.setenv("LLMOS_EDGE_CACHE", str(root))
+    yield root
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_hf() -> Path:
+    import fixtures_models
+
+    return fixtures_models.tiny_llama_hf_dir()

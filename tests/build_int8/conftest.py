@@ -3,37 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from llmos_edge.paths import cache_root
 from llmos_edge.toolchains import manager
-
-
-@pytest.fixture
-def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """LLMOS_EDGE_CACHE in tmp_path; toolchains/ and dl/ link to the real ones (installs take minutes)."""
-    real = cache_root()
-    root = tmp_path / "cache"
-    root.mkdir()
-    for name in ("toolchains", "dl"):
-        (real / name).mkdir(parents=True, exist_ok=True)
-        os.symlink(real / name, root / name)
-    monkeypatch.setenv("LLMOS_EDGE_CACHE", str(root))
-    yield root
-
-
-@pytest.fixture(scope="session")
-def tiny_llama_hf() -> Path:
-    import fixtures_models
-
-    return fixtures_models.tiny_llama_hf_dir()
-
 
 _GRAPH_INFO = """
 import json, sys, onnx
