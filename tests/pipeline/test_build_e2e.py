@@ -46,6 +46,16 @@ def _build(env: Path, out: str, **kw: object) -> llmos_edge.BuildResult:
     return result
 
 
+def _cli_build(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmos_edge", "build", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=900,
+    )
+
+
 def test_build_makes_a_verified_reproducible_bundle(env: Path) -> None:
     first = _build(env, "a")
     assert (first.out_dir / "build-report.json").is_file()
@@ -83,24 +93,8 @@ def test_quality_gate_failure_leaves_no_output(env: Path) -> None:
 
 
 def test_quality_gate_failure_via_cli_exit_4(env: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llmos_edge",
-            "build",
-            "--recipe",
-            "tiny-strict",
-            "--no-wheels",
-            "--key",
-            str(env / "sign.key"),
-            "--out",
-            str(env / "cli"),
-        ],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=900,
+    result = _cli_build(
+        "--recipe", "tiny-strict", "--no-wheels", "--key", str(env / "sign.key"), "--out", str(env / "cli")
     )
     assert result.returncode == 4, result.stderr
     assert "perplexity" in result.stderr and "Traceback" not in result.stderr
@@ -126,25 +120,15 @@ def test_not_enough_disk_space_is_refused_cleanly(env: Path) -> None:
 
 
 def test_build_json_output(env: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llmos_edge",
-            "build",
-            "--recipe",
-            "tiny",
-            "--no-wheels",
-            "--json",
-            "--key",
-            str(env / "sign.key"),
-            "--out",
-            str(env / "json"),
-        ],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=900,
+    result = _cli_build(
+        "--recipe",
+        "tiny",
+        "--no-wheels",
+        "--json",
+        "--key",
+        str(env / "sign.key"),
+        "--out",
+        str(env / "json"),
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
