@@ -20,6 +20,9 @@ from llmos_edge.errors import LlmosError
 
 KEEPALIVE_INTERVAL_S = 15.0
 KEEPALIVE_COUNT_MAX = 8
+# TCG runs aarch64 code 10-50x slower than the board (more on a loaded host): the exact rpi5 bundle is
+# deployed, and only its smoke timing budget is scaled (first token 2 s -> 200 s, 5 tok/s -> 0.05).
+EMULATION_LATENCY_SCALE = 100.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,10 @@ def ssh_options(dev: HilDevice) -> Any:
                       connect_timeout=60.0)
 
 
+def latency_scale(dev: HilDevice) -> float:
+    return EMULATION_LATENCY_SCALE if dev.name.startswith("qemu") else 1.0
+
+
 def deploy(dev: HilDevice, bundle: Path, pubkey: Path, *, smoke_timeout: float = 900,
            target: str | None = None) -> Outcome:
     """Verify, preflight, transfer, install, activate + on-device smoke; rollback is the agent's."""
@@ -72,6 +79,7 @@ def deploy(dev: HilDevice, bundle: Path, pubkey: Path, *, smoke_timeout: float =
     try:
         src = load_bundle(bundle, pubkey, allow_unsigned=False)
         opts = DeployOptions(root=device_root(dev), smoke_timeout=smoke_timeout,
+                             smoke_latency_scale=latency_scale(dev),
                              preflight=PreflightOptions(expected_target=target or dev.target))
         rep = asyncio.run(deploy_to(dev.address, src, opts, ssh_options(dev)))
     except LlmosError as exc:

@@ -81,6 +81,14 @@ def _need_device(address: str | None) -> str:
 @click.option("--target", help="The device's target; refuse bundles for another.")
 @click.option("--dry-run", is_flag=True, help="Show what would be sent and changed; change nothing.")
 @click.option("--smoke-timeout", type=float, default=120, show_default=True)
+@click.option(
+    "--smoke-latency-scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Slow stand-in for the target (QEMU, a throttled board): first-token limit x N and tokens/s "
+    "floor / N. The golden answers are still checked; the device's audit log records N.",
+)
 @click.option("--device-python", help="Python on the device for the runtime when the bundle has no wheels.")
 @click.option("--remote-python", default="python3", show_default=True, help="Python that runs the agent.")
 @click.option("--parallel", type=int, default=4, show_default=True, help="Fleet: devices at once.")
@@ -100,6 +108,7 @@ def deploy_cmd(
     target: str | None,
     dry_run: bool,
     smoke_timeout: float,
+    smoke_latency_scale: float,
     device_python: str | None,
     remote_python: str,
     parallel: int,
@@ -121,6 +130,7 @@ def deploy_cmd(
         allow_unsigned=allow_unsigned,
         dry_run=dry_run,
         smoke_timeout=smoke_timeout,
+        smoke_latency_scale=smoke_latency_scale,
         preflight=PreflightOptions(target, allow_downgrade, retry_failed, reinstall),
     )
     if inventory:

@@ -49,6 +49,7 @@ class Layout:
         self.current = os.path.join(self.root, "current")
         self.previous = os.path.join(self.root, "previous")
         self.python: str | None = None  # interpreter override for the release being activated
+        self.latency_scale = 1.0  # smoke timing budget x N on a slow stand-in (QEMU); answers unchanged
 
     def ensure(self) -> None:
         for d in (self.store, self.staging, self.releases, self.state, os.path.join(self.root, "bin")):
@@ -705,6 +706,10 @@ def wait_healthy(lay: Layout, version: str, timeout: float) -> str | None:
     return f"the runtime did not listen on {host}:{port} within {timeout:.0f}s"
 
 
+def _scale_args(lay: Layout) -> list[str]:
+    return [] if lay.latency_scale == 1 else ["--latency-scale", repr(lay.latency_scale)]
+
+
 def run_smoke(lay: Layout, version: str, timeout: float) -> tuple[bool, str]:
     release = os.path.join(lay.releases, version)
     host, port = runtime_endpoint(release)
@@ -716,7 +721,7 @@ def run_smoke(lay: Layout, version: str, timeout: float) -> tuple[bool, str]:
     )
     try:
         proc = subprocess.run(
-            [python_for(lay, release), "smoke/smoke.py"],
+            [python_for(lay, release), "smoke/smoke.py", *_scale_args(lay)],
             cwd=release,
             env=env,
             capture_output=True,
@@ -813,7 +818,8 @@ def cmd_activate(lay: Layout, args: argparse.Namespace) -> dict:
             write_atomic(lay.st("failed.json"), json.dumps(failed, indent=2, sort_keys=True).encode())
         if args.target:
             write_atomic(lay.st("device.json"), json.dumps({"target": args.target}).encode())
-        audit(lay, "activate", version=version, previous=old)
+        scaled = {"latency_scale": lay.latency_scale} if lay.latency_scale != 1 else {}
+        audit(lay, "activate", version=version, previous=old, **scaled)
         return {"active": version, "previous": old, "smoke": output[-1000:]}
     excerpt = log_tail(lay, 40)
     mark_failed(lay, version, output)
@@ -970,6 +976,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target")
     p.add_argument("--python")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--latency-scale", type=float, default=1.0)
     p.add_argument("--keep", type=int)
     p.add_argument("--lines", type=int, default=50)
     return p
@@ -978,6 +985,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     lay = Layout(args.root)
+    lay.latency_scale = args.latency_scale
     try:
         result = COMMANDS[args.command](lay, args)
         print(json.dumps({"ok": True, **result}, sort_keys=True, default=str))

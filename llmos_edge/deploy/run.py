@@ -28,6 +28,7 @@ class DeployOptions:
     allow_unsigned: bool = False
     dry_run: bool = False
     smoke_timeout: float = 120.0
+    smoke_latency_scale: float = 1.0  # >1 only for slow stand-ins of the target (QEMU HIL)
     lock_ttl: float = 3600.0
 
 
@@ -154,6 +155,8 @@ async def _activate(
         argv += ["--target", bundle.target]
     if opts.device_python:
         argv += ["--python", opts.device_python]
+    if opts.smoke_latency_scale != 1:
+        argv += ["--latency-scale", repr(opts.smoke_latency_scale)]
     try:
         return await agent.call("activate", *argv, timeout=opts.smoke_timeout * 3 + 60)
     except AgentFailed as exc:

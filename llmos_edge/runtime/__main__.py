@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--golden", type=Path, required=True)
     k.add_argument("--report", type=Path)
     k.add_argument("--url", help="use a running server instead of starting one")
+    k.add_argument("--latency-scale", type=float, default=1.0,
+                   help="emulated/throttled device: first-token limit x N, tokens/s floor / N")
     r = sub.add_parser("run", help="generate once and stream to stdout")
     r.add_argument("--config", type=Path, required=True)
     r.add_argument("--model")
@@ -42,7 +44,9 @@ def _serve(args: argparse.Namespace) -> int:
 def _smoke(args: argparse.Namespace) -> int:
     from .smoke import load_golden, smoke_with_config, write_report
 
-    report = smoke_with_config(load_config(args.config), load_golden(args.golden), args.url)
+    report = smoke_with_config(
+        load_config(args.config), load_golden(args.golden), args.url, args.latency_scale
+    )
     if args.report:
         write_report(report, args.report)
     print(json.dumps({"ok": report["ok"], "summary": report["summary"]}, indent=2))

@@ -71,10 +71,31 @@ def _check_limits(results: list[dict[str, Any]], limits: dict[str, Any]) -> dict
     return summary
 
 
-def run_smoke(base_url: str, golden: dict[str, Any], api_key: str | None = None) -> dict[str, Any]:
+def scaled_limits(limits: dict[str, Any], latency_scale: float) -> dict[str, Any]:
+    """Limits for a slower stand-in of the target (QEMU, a throttled board): time x scale, rate / scale.
+
+    The answers are still checked as they are; only the timing budget moves, and the report says so.
+    """
+    if latency_scale <= 0:
+        raise ConfigError(f"latency scale must be > 0, not {latency_scale}")
+    if latency_scale == 1:
+        return dict(limits)
+    out = dict(limits, latency_scale=latency_scale)
+    for key in ("max_first_token_ms", "timeout_s"):
+        if limits.get(key) is not None:
+            out[key] = float(limits[key]) * latency_scale
+    if limits.get("min_tokens_per_s") is not None:
+        out["min_tokens_per_s"] = float(limits["min_tokens_per_s"]) / latency_scale
+    return out
+
+
+def run_smoke(
+    base_url: str, golden: dict[str, Any], api_key: str | None = None, latency_scale: float = 1.0
+) -> dict[str, Any]:
     """Run every golden prompt; the report says ok only if all prompts pass and limits hold."""
     prompts = golden.get("prompts") or []
-    limits = golden.get("limits") or {}
+    limits = scaled_limits(golden.get("limits") or {}, latency_scale)
+    golden = dict(golden, limits=limits)
     if not prompts:
         embed_model = _embedding_model(base_url, golden.get("model"), api_key)
         if embed_model is None:
@@ -202,15 +223,15 @@ def write_report(report: dict[str, Any], path: Path) -> None:
 
 
 def smoke_with_config(
-    config: RuntimeConfig, golden: dict[str, Any], url: str | None = None
+    config: RuntimeConfig, golden: dict[str, Any], url: str | None = None, latency_scale: float = 1.0
 ) -> dict[str, Any]:
     """Use the server at `url`, or start one from `config` on a free loopback port for the run."""
     if url:
-        return run_smoke(url, golden, config.api_key())
+        return run_smoke(url, golden, config.api_key(), latency_scale)
     from .server import RunningServer
 
     with RunningServer(config.with_overrides(host="127.0.0.1", port=0)) as server:
-        return run_smoke(server.url, golden, config.api_key())
+        return run_smoke(server.url, golden, config.api_key(), latency_scale)
 
 
 def load_golden(path: Path) -> dict[str, Any]:

@@ -13,18 +13,28 @@ import json
 import urllib.request
 from pathlib import Path
 
+import pytest
+
+from llmos_edge.deploy.run import SmokeFailed
+
 from .devices import Device, free_port
 from .helpers import run_deploy
 
 
-def _bundle(out: Path, model: Path, version: str, key: Path, port: int, threads: int) -> Path:
+def _bundle(
+    out: Path, model: Path, version: str, key: Path, port: int, threads: int, first_token_ms: float = 0
+) -> Path:
     from llmos_edge.bundle.build import make_bundle
     from llmos_edge.bundle.spec import BundleSpec
     from llmos_edge.spec import load_target
     from llmos_edge.spec.models import Golden
 
+    target = load_target("host")
+    if first_token_ms:
+        smoke = target.smoke.model_copy(update={"max_first_token_ms": first_token_ms})
+        target = target.model_copy(update={"smoke": smoke})
     spec = BundleSpec(
-        target=load_target("host"),
+        target=target,
         recipe="tiny",
         version=version,
         models={"tiny": model},
@@ -68,3 +78,24 @@ def test_real_runtime_serves_tiny_model_on_device(
     changed = {e["sha256"]: e["size"] for e in m2.values() if e["sha256"] not in old_hashes}
     assert rep2.bytes_sent == sum(changed.values()) > 0
     assert not any(rel.startswith("models/") for rel, e in m2.items() if e["sha256"] in changed)
+
+
+def test_latency_scale_lets_a_slow_stand_in_pass_and_is_audited(
+    device: Device,
+    tiny_decoder_fp32_dir: Path,
+    tmp_path: Path,
+    signing_key: tuple[Path, Path],
+    device_python: str,
+) -> None:
+    """The exact bundle, a first-token limit no device meets: refused at scale 1, kept at scale 1e6."""
+    port = free_port()
+    device.runtime_port = port
+    b = _bundle(tmp_path / "b", tiny_decoder_fp32_dir, "1.0.0", signing_key[0], port, 1, first_token_ms=0.01)
+    with pytest.raises(SmokeFailed) as info:
+        run_deploy(device, b, signing_key[1], device_python=device_python, smoke_timeout=120)
+    assert "first-token latency" in info.value.smoke
+    rep = run_deploy(device, b, signing_key[1], device_python=device_python, smoke_timeout=120,
+                     retry_failed=True, smoke_latency_scale=1e6)
+    assert rep.status == "ok", rep
+    events = [json.loads(line) for line in device.state("audit.jsonl").read_text().splitlines()]
+    assert [e.get("latency_scale") for e in events if e["event"] == "activate"] == [1e6]

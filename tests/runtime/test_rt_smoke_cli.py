@@ -119,6 +119,30 @@ def test_device_smoke_fails_nonzero(
     assert json.loads(rep.read_text())["ok"] is False and reason in rep.read_text()
 
 
+def _device_smoke(b: Path, rep: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    cfg, golden = str(b / "config/runtime.json"), str(b / "smoke/golden.json")
+    args = ["-m", "llmos_edge.runtime", "smoke", "--config", cfg, "--golden", golden, "--report", str(rep)]
+    return _run([*args, *extra])
+
+
+def test_latency_scale_moves_only_the_timing_budget(decoder_dir: Path, tmp_path: Path) -> None:
+    """A QEMU stand-in gets first-token x N and tokens/s / N; a wrong answer still fails."""
+    tight = {**GOOD, "limits": {"max_first_token_ms": 0.01, "min_tokens_per_s": 1e6}}
+    b = _bundle(tmp_path / "b", decoder_dir, tight)
+    assert _device_smoke(b, tmp_path / "r1.json").returncode == 1
+    p = _device_smoke(b, tmp_path / "r2.json", "--latency-scale", "1e9")
+    assert p.returncode == 0, p.stdout + p.stderr
+    limits = json.loads((tmp_path / "r2.json").read_text())["limits"]
+    assert limits["latency_scale"] == 1e9 and limits["max_first_token_ms"] == pytest.approx(1e7)
+    assert limits["min_tokens_per_s"] == pytest.approx(1e-3)
+    wrong = {**tight, "prompts": [{"prompt": "Hi", "max_tokens": 4, "expect_contains": ["zz-never-zz"]}]}
+    w = _bundle(tmp_path / "w", decoder_dir, wrong)
+    p = _device_smoke(w, tmp_path / "r3.json", "--latency-scale", "1e9")
+    assert p.returncode == 1 and "zz-never-zz" in (tmp_path / "r3.json").read_text()
+    bad = _device_smoke(b, tmp_path / "r4.json", "--latency-scale", "0")
+    assert bad.returncode != 0 and "latency scale must be > 0" in bad.stdout + bad.stderr
+
+
 def test_cli_smoke_exit_4_on_failure_and_0_on_success(decoder_dir: Path, tmp_path: Path) -> None:
     good = _bundle(tmp_path / "good", decoder_dir, GOOD)
     assert _run(["-m", "llmos_edge", "smoke", str(good)]).returncode == 0
