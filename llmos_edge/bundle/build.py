@@ -110,9 +110,11 @@ def _copy_runtime(dest: Path) -> None:
 
 
 def _copy_agent(dest: Path) -> None:
-    agent = _PKG / "deploy" / "agent.py"
-    if agent.is_file():
-        _write(dest, agent.read_bytes(), executable=True)
+    """The SSH deploy agent, and beside it the Mender update module that drives the same agent."""
+    for src, name in ((_PKG / "deploy" / "agent.py", dest.name), (_PKG / "ota" / "mender_module.py",
+                                                                  "llmos-mender-module")):
+        if src.is_file():
+            _write(dest.with_name(name), src.read_bytes(), executable=True)
 
 
 def _runtime_config(spec: BundleSpec, model_meta: dict[str, dict[str, Any]]) -> dict[str, Any]:
