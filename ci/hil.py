@@ -87,8 +87,11 @@ def cmd_all(args: argparse.Namespace, t: Timings) -> int:
         try:
             dev = HilDevice("qemu-aarch64", f"{guest.user}@{guest.host}:{guest.port}",
                             guest.copy_key(work / "id_ed25519"), guest.known_hosts, "rpi5")
+            clock = hil.PhaseClock()
             with t.step("deploy + on-device smoke"):
-                outcome = hil.deploy(dev, bundle, pub, smoke_timeout=args.smoke_timeout)
+                outcome = hil.deploy(dev, bundle, pub, smoke_timeout=args.smoke_timeout, clock=clock)
+            for name, seconds in clock.phases:
+                t.add(f"  deploy: {name}", seconds, False)
             print(outcome.text[-4000:])
             print(json.dumps(outcome.report, indent=2, default=str))
             with t.step("status"):

@@ -1,8 +1,9 @@
 """Drive the real deploy (llmos_edge.deploy, the code behind `llmos-edge deploy`) against a HIL device.
 
-The deploy runs in-process through the same library call the CLI makes, with one difference: SSH
-keepalive. The CLI's default (2 s x 3) drops an emulated guest whose sshd stalls for several seconds
-under TCG on a loaded host, so HIL uses 15 s x 8. `status` goes through the CLI itself.
+The deploy runs in-process through the same library call the CLI makes, with two differences, both
+for emulation: SSH keepalive (the CLI's default 2 s x 3 drops a guest whose sshd stalls for seconds
+under TCG on a loaded host, so HIL uses 15 s x 8; `llmos-edge deploy --keepalive` does the same) and
+the smoke timing budget (`--smoke-latency-scale`). `status` goes through the CLI itself.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ci.devices import HilDevice
+from llmos_edge.deploy.run import Events
 from llmos_edge.errors import LlmosError
 
 KEEPALIVE_INTERVAL_S = 15.0
@@ -65,12 +68,30 @@ def ssh_options(dev: HilDevice) -> Any:
                       connect_timeout=60.0)
 
 
+class PhaseClock(Events):
+    """Seconds per deploy phase (preflight, transfer, install, venv, activate = restart + smoke)."""
+
+    def __init__(self) -> None:
+        self.phases: list[tuple[str, float]] = []
+        self._current: tuple[str, float] | None = None
+
+    def phase(self, name: str) -> None:
+        self.close()
+        self._current = (name, time.monotonic())
+
+    def close(self) -> None:
+        if self._current:
+            name, t0 = self._current
+            self.phases.append((name, time.monotonic() - t0))
+            self._current = None
+
+
 def latency_scale(dev: HilDevice) -> float:
     return EMULATION_LATENCY_SCALE if dev.name.startswith("qemu") else 1.0
 
 
 def deploy(dev: HilDevice, bundle: Path, pubkey: Path, *, smoke_timeout: float = 900,
-           target: str | None = None) -> Outcome:
+           target: str | None = None, clock: PhaseClock | None = None) -> Outcome:
     """Verify, preflight, transfer, install, activate + on-device smoke; rollback is the agent's."""
     from llmos_edge.deploy.preflight import PreflightOptions
     from llmos_edge.deploy.run import DeployOptions, deploy_to
@@ -81,9 +102,12 @@ def deploy(dev: HilDevice, bundle: Path, pubkey: Path, *, smoke_timeout: float =
         opts = DeployOptions(root=device_root(dev), smoke_timeout=smoke_timeout,
                              smoke_latency_scale=latency_scale(dev),
                              preflight=PreflightOptions(expected_target=target or dev.target))
-        rep = asyncio.run(deploy_to(dev.address, src, opts, ssh_options(dev)))
+        rep = asyncio.run(deploy_to(dev.address, src, opts, ssh_options(dev), clock))
     except LlmosError as exc:
         return Outcome(exc.exit_code, exc.render())
+    finally:
+        if clock:
+            clock.close()
     return Outcome(0, f"{rep.status}: {rep.message}", rep.to_json())
 
 
