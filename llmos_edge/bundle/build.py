@@ -110,7 +110,7 @@ def _copy_runtime(dest: Path) -> None:
 
 
 def _copy_agent(dest: Path) -> None:
-    """The SSH deploy agent, and beside it the Mender update module that drives the same agent."""
+    """The SSH deploy agent, and beside it the OTA updater (Mender module, RAUC hook) that drives it."""
     for src, name in ((_PKG / "deploy" / "agent.py", dest.name), (_PKG / "ota" / "mender_module.py",
                                                                   "llmos-mender-module")):
         if src.is_file():

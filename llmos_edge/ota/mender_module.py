@@ -1,20 +1,25 @@
 #!/usr/bin/env python3
-"""Mender update module `llmos-bundle`: a bundle from a Mender artifact goes through the device agent.
+"""Device-side updater: a bundle image from a Mender artifact or a RAUC bundle goes through the agent.
 
-Install on the device as /usr/share/mender/modules/v3/llmos-bundle (python3 stdlib only; every bundle
-carries a copy as bin/llmos-mender-module). Mender runs `llmos-bundle STATE WORKDIR` for each state.
+One stdlib-only python3 file with two front ends (every bundle carries a copy as bin/llmos-mender-module):
+- Mender update module `llmos-bundle`: install as /usr/share/mender/modules/v3/llmos-bundle; Mender runs
+  `llmos-bundle STATE WORKDIR` for each state.
+- RAUC install hook: `export_rauc` puts this file in the RAUC bundle as its hook with `hooks=install` on
+  `[image.llmos]`; RAUC runs `<hook> slot-install` with RAUC_IMAGE_NAME (the image in the mounted bundle)
+  and RAUC_BUNDLE_MOUNT_POINT (where llmos-ota.json names the manifest hash).
 
-ArtifactInstall does what `llmos-edge deploy` does over SSH, through the same agent commands: lock,
+Install does what `llmos-edge deploy` does over SSH, through the same agent commands: lock,
 content-addressed store, verified install, offline-wheel venv, activate + on-device smoke. A failing
-smoke is rolled back by the agent before Mender hears of it; ArtifactRollback (after a failed install,
-or `mender rollback`) returns to the release that served before this artifact.
+smoke is rolled back by the agent before Mender/RAUC hears of it; Mender's ArtifactRollback (after a
+failed install, or `mender rollback`) returns to the release that served before this artifact.
 
-Trust: Mender checks the artifact signature (ArtifactVerifyKey in mender.conf). This module checks the
-bundle's manifest against the hash in the artifact's meta-data, runs only an agent whose hash the
-manifest names, and the agent checks every file's sha256 before it is installed. Nothing from the tar
-is written to disk by path: files are streamed into the store under their hashes.
+Trust: Mender checks the artifact signature (ArtifactVerifyKey), RAUC the bundle's CMS signature against
+its keyring. This file checks the bundle's manifest against the hash the signed artifact/bundle names,
+runs only an agent whose hash the manifest names, and the agent checks every file's sha256 before it is
+installed. Nothing from the tar is written to disk by path: files are streamed into the store by hash.
 
-Settings: /etc/llmos-edge/mender.json (or $LLMOS_MENDER_CONFIG), all optional:
+Settings: $LLMOS_OTA_CONFIG or $LLMOS_MENDER_CONFIG, else /etc/llmos-edge/ota.json, else
+/etc/llmos-edge/mender.json; all optional:
   {"root": "/opt/llmos", "smoke_timeout": 300, "python": null, "latency_scale": 1}
 """
 
@@ -26,10 +31,11 @@ import os
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
-CONFIG = "/etc/llmos-edge/mender.json"
+CONFIGS = ("/etc/llmos-edge/ota.json", "/etc/llmos-edge/mender.json")  # the first that exists
 DEFAULTS: dict[str, Any] = {
     "root": "/opt/llmos",
     "smoke_timeout": 300.0,
@@ -37,19 +43,28 @@ DEFAULTS: dict[str, Any] = {
     "latency_scale": 1.0,
 }
 STATE_FILE = "llmos-state.json"  # in Mender's per-update tmp/: what ArtifactInstall changed
+RAUC_META = "llmos-ota.json"  # beside the image in a RAUC bundle: {"manifest_sha256": ...}
 _CHUNK = 1 << 20
 
 
 class ModuleError(Exception):
-    """A refusal or failure Mender should report; the device keeps (or is back on) its last release."""
+    """A refusal or failure the OTA client should report; the device keeps (or is back on) its release."""
 
 
 def log(msg: str) -> None:
     print(f"llmos-bundle: {msg}", file=sys.stderr, flush=True)
 
 
+def config_path() -> str:
+    """$LLMOS_OTA_CONFIG, then $LLMOS_MENDER_CONFIG (older devices), then the first default that exists."""
+    for var in ("LLMOS_OTA_CONFIG", "LLMOS_MENDER_CONFIG"):
+        if os.environ.get(var):
+            return os.environ[var]
+    return next((c for c in CONFIGS if os.path.exists(c)), CONFIGS[0])
+
+
 def settings() -> dict[str, Any]:
-    path = os.environ.get("LLMOS_MENDER_CONFIG", CONFIG)
+    path = config_path()
     try:
         with open(path, encoding="utf-8") as f:
             user = json.load(f)
@@ -101,8 +116,8 @@ def read_head(image: str) -> tuple[bytes, str | None, bytes]:
     return found["manifest.json"], None if sig is None else sig.decode(), found["bin/llmos-agent"]
 
 
-def check_manifest(raw: bytes, meta: dict[str, Any], agent: bytes) -> dict[str, Any]:
-    want = meta.get("manifest_sha256")
+def check_manifest(raw: bytes, want: str | None, agent: bytes) -> dict[str, Any]:
+    """The manifest must be the one the signed artifact/bundle names; the agent the one it lists."""
     got = hashlib.sha256(raw).hexdigest()
     if want and want != got:
         raise ModuleError(f"manifest.json hash {got[:16]}… is not the artifact's {str(want)[:16]}…")
@@ -147,9 +162,9 @@ class AgentRefused(ModuleError):
 class Lock:
     """The agent's device lock, held while `hold` reads its stdin: the same lock SSH deploys take."""
 
-    def __init__(self, agent: Agent, token: str) -> None:
+    def __init__(self, agent: Agent, token: str, owner: str) -> None:
         self.proc = subprocess.Popen(
-            agent.argv("hold", "--token", token, "--owner", "mender"),
+            agent.argv("hold", "--token", token, "--owner", owner),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -204,28 +219,28 @@ def send_blobs(agent: Agent, image: str, manifest: dict[str, Any], token: str) -
     return sum(todo.values())
 
 
-# ---------------------------------------------------------------- states
-def artifact_install(workdir: str, cfg: dict[str, Any]) -> None:
-    image = payload_image(workdir)
+# ---------------------------------------------------------------- install (both front ends)
+def install_image(image: str, want: str | None, state_dir: str, cfg: dict[str, Any], via: str) -> str:
+    """Install `image` through its own agent; `want` = manifest sha256 from the signed OTA wrapper."""
     raw, sig, agent_bytes = read_head(image)
-    manifest = check_manifest(raw, artifact_meta(workdir), agent_bytes)
+    manifest = check_manifest(raw, want, agent_bytes)
     version = str(manifest["bundle_version"])
-    agent_path = os.path.join(workdir, "tmp", "llmos-agent")
-    os.makedirs(os.path.dirname(agent_path), exist_ok=True)
+    agent_path = os.path.join(state_dir, "llmos-agent")
+    os.makedirs(state_dir, exist_ok=True)
     with open(agent_path, "wb") as f:
         f.write(agent_bytes)
     agent = Agent(agent_path, cfg["root"])
     before = agent.call("status").get("current")
     token = hashlib.sha256(os.urandom(32)).hexdigest()[:32]
-    lock = Lock(agent, token)
+    lock = Lock(agent, token, via)
     try:
         sent = send_blobs(agent, image, manifest, token)
-        data = {"manifest": raw.decode(), "signature": sig, "audit": {"via": "mender", "bytes": sent}}
+        data = {"manifest": raw.decode(), "signature": sig, "audit": {"via": via, "bytes": sent}}
         agent.call("install", "--token", token, "--version", version, data=data)
         agent.call("clean-staging", "--token", token)
         py = ["--python", cfg["python"]] if cfg["python"] else []
         agent.call("prepare", "--token", token, "--version", version, *py, timeout=3600)
-        _remember(workdir, {"version": version, "previous": before})
+        _remember(state_dir, {"version": version, "previous": before})
         activate = [
             "--token",
             token,
@@ -247,10 +262,18 @@ def artifact_install(workdir: str, cfg: dict[str, Any]) -> None:
     finally:
         lock.release()
     log(f"{version} is active (previous: {before})")
+    return version
 
 
-def _remember(workdir: str, state: dict[str, Any]) -> None:
-    with open(os.path.join(workdir, "tmp", STATE_FILE), "w", encoding="utf-8") as f:
+# ---------------------------------------------------------------- Mender states
+def artifact_install(workdir: str, cfg: dict[str, Any]) -> None:
+    want = artifact_meta(workdir).get("manifest_sha256")
+    state_dir = os.path.join(workdir, "tmp")
+    install_image(payload_image(workdir), str(want) if want else None, state_dir, cfg, "mender")
+
+
+def _remember(state_dir: str, state: dict[str, Any]) -> None:
+    with open(os.path.join(state_dir, STATE_FILE), "w", encoding="utf-8") as f:
         json.dump(state, f)
 
 
@@ -273,7 +296,7 @@ def artifact_rollback(workdir: str, cfg: dict[str, Any]) -> None:
         log(f"{current} was the first release and passed its smoke test; keeping it rather than none")
         return
     token = hashlib.sha256(os.urandom(32)).hexdigest()[:32]
-    lock = Lock(agent, token)
+    lock = Lock(agent, token, "mender")
     try:
         agent.call(
             "rollback",
@@ -290,12 +313,31 @@ def artifact_rollback(workdir: str, cfg: dict[str, Any]) -> None:
     log(f"rolled back to {state['previous']}")
 
 
+# ---------------------------------------------------------------- RAUC install hook
+def rauc_slot_install(env: Mapping[str, str], cfg: dict[str, Any]) -> None:
+    """RAUC's `slot-install` for the llmos slot: the image lies in the mounted, verified bundle."""
+    image, mount = env.get("RAUC_IMAGE_NAME"), env.get("RAUC_BUNDLE_MOUNT_POINT")
+    if not image or not mount:
+        raise ModuleError("slot-install needs RAUC_IMAGE_NAME and RAUC_BUNDLE_MOUNT_POINT (run by RAUC)")
+    try:
+        with open(os.path.join(mount, RAUC_META), encoding="utf-8") as f:
+            want = json.load(f)["manifest_sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModuleError(f"the RAUC bundle has no readable {RAUC_META} ({exc}); export it again") from exc
+    with tempfile.TemporaryDirectory(prefix="llmos-rauc-") as state_dir:
+        install_image(image, str(want), state_dir, cfg, "rauc")
+
+
+RAUC_HOOKS = ("slot-install",)  # the only hook export_rauc declares; others are a no-op
 ANSWERS = {"SupportsRollback": "Yes", "NeedsArtifactReboot": "No"}
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0].startswith("slot-"):
+        return rauc_main(argv[0])
     if len(argv) < 2:
-        print("usage: llmos-bundle STATE WORKDIR (run by the Mender client)", file=sys.stderr)
+        print("usage: llmos-bundle STATE WORKDIR (run by the Mender client) | slot-install (by RAUC)",
+              file=sys.stderr)
         return 2
     state, workdir = argv[0], argv[1]
     if state in ANSWERS:
@@ -310,6 +352,18 @@ def main(argv: list[str]) -> int:
         log(f"{state} failed: {exc}")
         return 1
     return 0  # Download (Mender stores the payload), ArtifactCommit, Cleanup, ...: nothing to do
+
+
+def rauc_main(hook: str) -> int:
+    """A non-zero exit makes `rauc install` fail; the agent has already restored the last release."""
+    if hook not in RAUC_HOOKS:
+        return 0
+    try:
+        rauc_slot_install(os.environ, settings())
+    except (ModuleError, OSError, subprocess.SubprocessError, tarfile.TarError) as exc:
+        log(f"{hook} failed: {exc}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

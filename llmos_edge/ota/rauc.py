@@ -1,7 +1,8 @@
-"""A signed RAUC bundle (verity format) with the bundle image as the payload of one slot class."""
+"""A signed RAUC bundle with the bundle image as the payload of one slot class, installed by our hook."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import tempfile
@@ -11,16 +12,23 @@ from ..errors import UserError
 from .payload import bundle_payload, require_tool, run_tool
 
 RAUC_SLOT_CLASS = "llmos"  # the device's system.conf names a slot of this class for the app store
+RAUC_HOOK = "llmos-hook"  # mender_module.py: its `slot-install` front end installs through the agent
+RAUC_META = "llmos-ota.json"  # read by the hook from the mounted (signature-covered) bundle
+RAUC_FORMATS = ("verity", "plain")  # plain: for kernels without dm-verity (RAUC 1.8 still installs it)
 _COMPATIBLE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+ -]*$")
+_HOOK_SRC = Path(__file__).with_name("mender_module.py")
 
 
-def export_rauc(bundle_dir: Path, out: Path, compatible: str, cert: Path, key: Path) -> Path:
+def export_rauc(bundle_dir: Path, out: Path, compatible: str, cert: Path, key: Path, *,
+                bundle_format: str = "verity") -> Path:
     """Write `out` (.raucb) signed with cert/key; `compatible` must equal the device's system.conf."""
     tool = require_tool("rauc", "rauc squashfs-tools")
     require_tool("mksquashfs", "squashfs-tools")
     if not _COMPATIBLE_RE.match(compatible):
         raise UserError(f"invalid RAUC compatible string {compatible!r}",
                         hints=["use the `compatible=` value from the device's /etc/rauc/system.conf"])
+    if bundle_format not in RAUC_FORMATS:
+        raise UserError(f"unknown RAUC bundle format {bundle_format!r}", hints=[f"one of {RAUC_FORMATS}"])
     for path, what in ((cert, "certificate"), (key, "private key")):
         if not path.is_file():
             raise UserError(f"RAUC signing {what} {path} does not exist",
@@ -32,10 +40,15 @@ def export_rauc(bundle_dir: Path, out: Path, compatible: str, cert: Path, key: P
         content = work / "content"
         content.mkdir()
         shutil.copyfile(p.image, content / p.image.name)
+        # The hook (stdlib python3) runs from the mounted bundle; the manifest hash it checks is signed.
+        shutil.copyfile(_HOOK_SRC, content / RAUC_HOOK)
+        (content / RAUC_HOOK).chmod(0o755)
+        (content / RAUC_META).write_text(json.dumps({"manifest_sha256": p.manifest_sha256}) + "\n")
         (content / "manifest.raucm").write_text(
             f"[update]\ncompatible={compatible}\nversion={p.version}\n"
             f"description=llmos-edge bundle {p.name} for {p.target} (manifest {p.manifest_sha256})\n\n"
-            f"[bundle]\nformat=verity\n\n[image.{RAUC_SLOT_CLASS}]\nfilename={p.image.name}\n")
+            f"[bundle]\nformat={bundle_format}\n\n[hooks]\nfilename={RAUC_HOOK}\n\n"
+            f"[image.{RAUC_SLOT_CLASS}]\nfilename={p.image.name}\nhooks=install\n")
         partial = work / out.name
         run_tool([tool, "bundle", f"--cert={cert}", f"--key={key}", content, partial], "rauc bundle")
         partial.replace(out)

@@ -76,6 +76,32 @@ def test_rauc_bundle_passes_rauc_info(
 
 
 @needs_rauc
+@pytest.mark.parametrize("fmt", ["verity", "plain"])
+def test_rauc_bundle_carries_the_install_hook(
+        small_bundle: Path, tmp_path: Path, x509_pair: tuple[Path, Path], fmt: str) -> None:
+    """`rauc extract` (signature + payload checked) yields our hook, the manifest hash, the image."""
+    import json
+
+    from llmos_edge.ota.rauc import RAUC_HOOK, RAUC_META
+
+    cert, key = x509_pair
+    out = export_rauc(small_bundle, tmp_path / "probe.raucb", "llmos-rpi5", cert, key, bundle_format=fmt)
+    info = _run("rauc", "info", f"--keyring={cert}", "--output-format=json", out)
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["images"] == [{"llmos": {
+        "variant": None, "filename": _image_of(small_bundle).name, "checksum": _sha(_image_of(small_bundle)),
+        "size": _image_of(small_bundle).stat().st_size, "hooks": ["install"], "adaptive": []}}]
+    ex = _run("rauc", "extract", f"--keyring={cert}", out, tmp_path / "ex")
+    assert ex.returncode == 0, ex.stderr
+    hook = tmp_path / "ex" / RAUC_HOOK
+    assert hook.read_bytes() == (Path(__file__).parents[2] / "llmos_edge/ota/mender_module.py").read_bytes()
+    assert hook.stat().st_mode & 0o111
+    manifest_sha = hashlib.sha256((small_bundle / "manifest.json").read_bytes()).hexdigest()
+    assert json.loads((tmp_path / "ex" / RAUC_META).read_text()) == {"manifest_sha256": manifest_sha}
+    assert f"filename={RAUC_HOOK}" in (tmp_path / "ex" / "manifest.raucm").read_text()
+
+
+@needs_rauc
 def test_rauc_refuses_tampered_signature_and_foreign_keyring(
         small_bundle: Path, tmp_path: Path, x509_pair: tuple[Path, Path],
         other_x509_pair: tuple[Path, Path]) -> None:
@@ -127,4 +153,28 @@ def test_bad_inputs_are_refused_before_the_tool_runs(
     if shutil.which("rauc"):
         with pytest.raises(UserError, match="certificate"):
             export_rauc(small_bundle, tmp_path / "x.raucb", "llmos-rpi5", tmp_path / "no.pem", x509_pair[1])
+        with pytest.raises(UserError, match="bundle format"):
+            export_rauc(small_bundle, tmp_path / "x.raucb", "llmos-rpi5", *x509_pair, bundle_format="crypt")
     assert not list(tmp_path.glob("x.*"))
+
+
+def test_rauc_hook_outside_rauc_refuses_and_ignores_undeclared_hooks(tmp_path: Path) -> None:
+    """The hook runs the real script: without RAUC's env it fails loudly; other slot hooks are no-ops."""
+    import os
+    import sys
+
+    from llmos_edge.ota import mender_module
+    from llmos_edge.ota.rauc import RAUC_META
+
+    assert mender_module.RAUC_META == RAUC_META  # a standalone script: the name is written twice
+    script = Path(mender_module.__file__)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAUC_")}
+    env["LLMOS_OTA_CONFIG"] = str(tmp_path / "none.json")
+    run = [sys.executable, str(script)]
+    r = subprocess.run([*run, "slot-install"], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 1 and "RAUC_IMAGE_NAME" in r.stderr
+    env |= {"RAUC_IMAGE_NAME": str(tmp_path / "x.tar.gz"), "RAUC_BUNDLE_MOUNT_POINT": str(tmp_path)}
+    r = subprocess.run([*run, "slot-install"], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 1 and RAUC_META in r.stderr  # a bundle without the signed manifest hash
+    r = subprocess.run([*run, "slot-post-install"], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0
