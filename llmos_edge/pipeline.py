@@ -88,7 +88,8 @@ def build(
     key = None if unsigned else (signing_key or default_signing_key())
     with atomic_dir(out.resolve()) as tmp:
         bundle = _make_bundle(
-            the_plan, model, tmp, key=key, wheels=wheels, encrypt_for=encrypt_for, version=version
+            the_plan, model, tmp, key=key, wheels=wheels, encrypt_for=encrypt_for, version=version,
+            use_cache=not no_cache,
         )
         firmware = _maybe_firmware(the_plan, tmp, version)
         report = _report(the_plan, model.report, bundle, firmware, key, time.monotonic() - started)
@@ -120,6 +121,7 @@ def _make_bundle(
     wheels: bool,
     encrypt_for: Path | None,
     version: str,
+    use_cache: bool = True,
 ) -> Any:
     from .bundle import BundleSpec, make_bundle
 
@@ -137,7 +139,7 @@ def _make_bundle(
         encrypt_for=encrypt_for,
         extra_templates=the_plan.recipe.templates,
     )
-    return make_bundle(spec_, out)
+    return make_bundle(spec_, out, use_cache=use_cache)
 
 
 def _runtime_target(the_plan: BuildPlan) -> Any:

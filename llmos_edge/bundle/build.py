@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..fsutil import atomic_dir, ensure_free_space, sha256_file
 from . import manifest as mf
 from .encrypt import Sealer, is_weight_file
-from .image import write_image
+from .image import write_image_cached
 from .keys import key_id, load_signing_key, sign
 from .render import render_project, render_recipe_templates
 from .spec import BundleResult, BundleSpec
@@ -25,7 +25,7 @@ _PKG = Path(__file__).resolve().parent.parent
 DEVICE_KEY_PATH = "/etc/llmos/device.key"
 
 
-def make_bundle(spec: BundleSpec, out_dir: Path) -> BundleResult:
+def make_bundle(spec: BundleSpec, out_dir: Path, *, use_cache: bool = True) -> BundleResult:
     """Write out_dir/<name>-<version>/ and out_dir/<name>-<version>.tar.gz; return both and the manifest."""
     spec.validate()
     if spec.signing_key:
@@ -38,7 +38,8 @@ def make_bundle(spec: BundleSpec, out_dir: Path) -> BundleResult:
     image.unlink(missing_ok=True)  # never leave an old image beside a new folder
     with atomic_dir(folder) as tmp:
         manifest = _fill(spec, tmp, epoch)
-    write_image(folder, image, epoch)
+    # sealed weights differ on every run (fresh nonces): their images are never worth caching
+    write_image_cached(folder, image, epoch, use_cache and spec.encrypt_for is None)
     return BundleResult(folder=folder, image=image, manifest=manifest)
 
 

@@ -106,3 +106,50 @@ def write_image(folder: Path, image: Path, mtime: int) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def image_key(folder: Path, mtime: int) -> str:
+    """What decides the image's bytes: every entry's name, type, mode, size and content, the time, this code.
+
+    Hashing the folder (~0.3 s for 150 MB) replaces compressing it again (~6 s at these levels).
+    """
+    import hashlib
+    import json
+
+    from ..cache import code_hash
+    from ..fsutil import sha256_file
+
+    h = hashlib.sha256(json.dumps({"mtime": mtime, "code": code_hash([Path(__file__)])}).encode())
+    for path in _entries(folder):
+        info = _tarinfo(path, path.relative_to(folder).as_posix(), mtime)
+        digest = sha256_file(path) if info.isreg() else ""
+        row = [info.name, int(info.type == tarfile.DIRTYPE), info.mode, info.size, digest]
+        h.update(json.dumps(row).encode())
+    return h.hexdigest()[:32]
+
+
+def write_image_cached(folder: Path, image: Path, mtime: int, use_cache: bool = True) -> bool:
+    """write_image, reusing a byte-identical image from the stage cache; True if it was reused."""
+    import shutil
+
+    from ..cache import run_stage
+
+    if not use_cache:
+        write_image(folder, image, mtime)
+        return False
+
+    def produce(tmp: Path) -> None:
+        write_image(folder, tmp / "image.tar.gz", mtime)
+
+    entry, hit = run_stage("image", image_key(folder, mtime), produce, describe={"bundle": folder.name})
+    tmp = image.with_name(f".{image.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(entry / "image.tar.gz", tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, image)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return hit
+
