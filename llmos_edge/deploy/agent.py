@@ -19,6 +19,8 @@ import hashlib
 import json
 import os
 import platform
+import pwd
+import re
 import shutil
 import signal
 import socket
@@ -612,6 +614,7 @@ def service_start(lay: Layout, version: str) -> None:
     if _systemd_mode():
         # the unit runs <root>/current/bin/llmos-launch, which reads LLMOS_PYTHON from state/runtime.env
         write_atomic(lay.st("runtime.env"), f"LLMOS_PYTHON={py}\n".encode())
+        _prepare_service_user(lay, release)
         _systemd_install(release, "llmos-edge", required=True)
         _systemd_install(release, "llmos-bridge")
         return
@@ -621,6 +624,44 @@ def service_start(lay: Layout, version: str) -> None:
     if has_bridge(release):
         bargv, benv = bridge_command(lay, release)
         _start_pidfile(lay, "bridge", version, bargv, release, dict(os.environ, LLMOS_PYTHON=py, **benv))
+
+
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+def _prepare_service_user(lay: Layout, release: str) -> None:
+    """The unit's User= exists (a system user is created once) and can append to the request audit log.
+
+    Everything else the runtime reads is world-readable; state/ itself stays the agent's (root's).
+    """
+    unit = os.path.join(release, "systemd", "llmos-edge.service")
+    user = dict(_unit_entries(unit)).get("User")
+    if not user or user == "root":
+        return
+    if not _USER_RE.match(user):
+        raise AgentError(f"the service unit names an invalid user {user!r}", RC_REFUSED)
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        cmd = ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+               "--shell", "/usr/sbin/nologin", user]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise AgentError(f"could not create the service user {user}: {proc.stderr.strip()}") from None
+        pw = pwd.getpwnam(user)
+        audit(lay, "service_user_created", user=user)
+    log_path = _runtime_audit_log(release)
+    if log_path and os.path.commonpath([log_path, lay.root]) == lay.root:
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        os.close(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+        os.chown(log_path, pw.pw_uid, pw.pw_gid)
+
+
+def _runtime_audit_log(release: str) -> str | None:
+    cfg_dir = os.path.join(release, "config")
+    cfg = read_json(os.path.join(cfg_dir, "runtime.json"), {})
+    rel = cfg.get("audit_log") if isinstance(cfg, dict) else None
+    return os.path.realpath(os.path.join(cfg_dir, rel)) if isinstance(rel, str) and rel else None
 
 
 def _systemd_install(release: str, name: str, required: bool = False) -> None:
@@ -737,6 +778,11 @@ def run_smoke(lay: Layout, version: str, timeout: float) -> tuple[bool, str]:
 
 
 def log_tail(lay: Layout, lines: int, name: str = "service") -> str:
+    if _systemd_mode():  # the units log to the journal
+        unit = "llmos-edge" if name == "service" else f"llmos-{name}"
+        cmd = ["journalctl", "-u", unit, "-n", str(lines), "--no-pager", "-o", "cat"]
+        with contextlib.suppress(OSError):
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
     try:
         with open(lay.st(f"{name}.log"), "rb") as f:
             f.seek(0, os.SEEK_END)

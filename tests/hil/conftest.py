@@ -11,7 +11,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,7 @@ from ci.qemu.rootfs import Rootfs
 from ci.qemu.tools import missing_tools
 
 HERE = Path(__file__).resolve().parent
+BundleFactory = Callable[..., Path]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -111,3 +112,30 @@ def hil_device(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HilDe
         return
     guest: QemuGuest = request.getfixturevalue("qemu_guest")
     yield guest_device(guest, tmp_path)
+
+
+@pytest.fixture
+def signing_pair(tmp_path: Path) -> tuple[Path, Path]:
+    from llmos_edge.bundle import generate_keys
+
+    return generate_keys(tmp_path / "hil-sign")
+
+
+@pytest.fixture
+def bundle_for(tiny_decoder_dir: Path, tmp_path: Path, signing_pair: tuple[Path, Path]) -> BundleFactory:
+    """make_bundle with offline wheels; `expect` sets a golden answer the tiny model will never give."""
+    from llmos_edge.bundle import make_bundle
+    from llmos_edge.bundle.spec import BundleSpec
+    from llmos_edge.spec import Golden, load_target
+
+    def make(version: str, *, target: str = "rpi5", python: str | None = None, wheels: bool = True,
+             expect: tuple[str, ...] = ()) -> Path:
+        tgt = load_target(target)
+        if python:
+            tgt = tgt.model_copy(update={"platform": tgt.platform.model_copy(update={"python": python})})
+        spec = BundleSpec(target=tgt, recipe="tiny", version=version, models={"tiny": tiny_decoder_dir},
+                          golden=(Golden(prompt="Say hello.", max_tokens=4, expect_contains=expect),),
+                          signing_key=signing_pair[0], wheels=wheels)
+        return make_bundle(spec, tmp_path / f"b-{target}-{version}-{python}").image
+
+    return make

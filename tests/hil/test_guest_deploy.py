@@ -15,34 +15,8 @@ from ci.devices import HilDevice
 from ci.qemu import deploy as hil
 from ci.qemu.guest import QemuGuest
 
-BundleFactory = Callable[..., Path]
+BundleFactory = Callable[..., Path]  # the bundle_for fixture in conftest.py
 
-
-@pytest.fixture
-def signing_pair(tmp_path: Path) -> tuple[Path, Path]:
-    from llmos_edge.bundle import generate_keys
-
-    return generate_keys(tmp_path / "hil-sign")
-
-
-@pytest.fixture
-def bundle_for(tiny_decoder_dir: Path, tmp_path: Path, signing_pair: tuple[Path, Path]) -> BundleFactory:
-    """make_bundle with offline wheels; `expect` sets a golden answer the tiny model will never give."""
-    from llmos_edge.bundle import make_bundle
-    from llmos_edge.bundle.spec import BundleSpec
-    from llmos_edge.spec import Golden, load_target
-
-    def make(version: str, *, target: str = "rpi5", python: str | None = None, wheels: bool = True,
-             expect: tuple[str, ...] = ()) -> Path:
-        tgt = load_target(target)
-        if python:
-            tgt = tgt.model_copy(update={"platform": tgt.platform.model_copy(update={"python": python})})
-        spec = BundleSpec(target=tgt, recipe="tiny", version=version, models={"tiny": tiny_decoder_dir},
-                          golden=(Golden(prompt="Say hello.", max_tokens=4, expect_contains=expect),),
-                          signing_key=signing_pair[0], wheels=wheels)
-        return make_bundle(spec, tmp_path / f"b-{target}-{version}-{python}").image
-
-    return make
 
 
 def test_guest_is_aarch64_with_pinned_host_key(qemu_guest: QemuGuest, tmp_path: Path) -> None:
