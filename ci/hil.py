@@ -93,7 +93,10 @@ def cmd_all(args: argparse.Namespace, t: Timings) -> int:
             for name, seconds in clock.phases:
                 t.add(f"  deploy: {name}", seconds, False)
             print(outcome.text[-4000:])
-            print(json.dumps(outcome.report, indent=2, default=str))
+            report = dict(outcome.report or {})
+            smoke = report.pop("smoke", "")
+            print(json.dumps(report, indent=2, default=str))
+            print(f"on-device smoke test (aarch64, emulated):\n{smoke}")
             with t.step("status"):
                 status = hil.status(dev)
             print(json.dumps(status, indent=2, default=str))

@@ -866,7 +866,7 @@ def cmd_activate(lay: Layout, args: argparse.Namespace) -> dict:
             write_atomic(lay.st("device.json"), json.dumps({"target": args.target}).encode())
         scaled = {"latency_scale": lay.latency_scale} if lay.latency_scale != 1 else {}
         audit(lay, "activate", version=version, previous=old, **scaled)
-        return {"active": version, "previous": old, "smoke": output[-1000:]}
+        return {"active": version, "previous": old, "smoke": output[-4000:]}
     excerpt = log_tail(lay, 40)
     mark_failed(lay, version, output)
     restored = _restore(lay, old, args.timeout)

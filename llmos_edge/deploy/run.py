@@ -52,6 +52,7 @@ class DeployReport:
     hints: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     log_excerpt: str = ""
+    smoke: str = ""  # the on-device smoke test's output (verdict, limits, answers)
     bytes_total: int = 0
     bytes_needed: int = 0
     bytes_sent: int = 0
@@ -109,6 +110,7 @@ async def deploy(
         ev.phase("activate")
         res = await _activate(agent, bundle, opts, token, report)
         report.message = f"{bundle.version} is active (previous: {res.get('previous')})"
+        report.smoke = str(res.get("smoke", ""))
     finally:
         await holder.close()
     _fill(report, plan.stats)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from .config import load_config
 from .errors import ApiError, RuntimeFailure
@@ -49,8 +50,17 @@ def _smoke(args: argparse.Namespace) -> int:
     )
     if args.report:
         write_report(report, args.report)
-    print(json.dumps({"ok": report["ok"], "summary": report["summary"]}, indent=2))
+    print(json.dumps(_smoke_digest(report), indent=2))
     return 0 if report["ok"] else 1
+
+
+def _smoke_digest(report: dict[str, Any]) -> dict[str, Any]:
+    """What a deployer reads in its report: verdict, timing summary, and each answer (clipped)."""
+    keep = ("name", "ok", "error", "missing", "first_token_ms", "tokens_per_s", "latency_ms")
+    results = [{**{k: r[k] for k in keep if k in r}, "text": str(r.get("text", ""))[:160]}
+               for r in report.get("results", [])]
+    limits = report.get("limits") or {}
+    return {"ok": report["ok"], "summary": report["summary"], "limits": limits, "results": results}
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -58,6 +58,9 @@ def test_real_runtime_serves_tiny_model_on_device(
     b1 = _bundle(tmp_path / "b1", tiny_decoder_fp32_dir, "1.0.0", signing_key[0], port, threads=1)
     rep = run_deploy(device, b1, signing_key[1], device_python=device_python, smoke_timeout=120)
     assert rep.status == "ok", rep
+    digest = json.loads(rep.smoke[rep.smoke.index("{") :])  # the device's smoke verdict, in the report
+    assert digest["ok"] is True and digest["results"][0]["name"] == "golden-1"
+    assert digest["summary"]["first_token_ms_median"] > 0
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10) as r:
         ids = [m["id"] for m in json.loads(r.read())["data"]]
     assert "tiny" in ids
