@@ -54,6 +54,10 @@ class Timings:
         return [{"step": n, "seconds": round(s, 2), "cached": c} for n, s, c in self.steps]
 
 
+def is_cached(name: str, inputs: Mapping[str, object]) -> bool:
+    return (qemu_cache() / cache_key(name, inputs) / _DONE).exists()
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """One builder per entry, even across processes (two CI jobs on one runner)."""

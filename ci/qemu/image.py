@@ -56,6 +56,15 @@ class GuestImage:
     user: str = DEVICE_USER
 
 
+def image_cached() -> bool:
+    """Whether the slow steps (rootfs, kernel) are cached; the disk is rebuilt from them in seconds."""
+    from .cache import is_cached
+    from .kernel import kernel_inputs
+    from .rootfs import rootfs_inputs
+
+    return is_cached("rootfs", rootfs_inputs()) and is_cached("kernel", kernel_inputs())
+
+
 def build_image(timings: Timings | None = None, refresh: bool = False) -> GuestImage:
     """rootfs -> kernel/initrd -> disk, each step cached on its inputs (seconds when all are cached)."""
     require_tools()

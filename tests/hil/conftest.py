@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,10 +30,39 @@ HERE = Path(__file__).resolve().parent
 BundleFactory = Callable[..., Path]
 
 
+DEFAULT_COST_S = 600.0
+IMAGE_COST_S = 1800.0  # a guest image built from nothing, on a loaded 2-core runner
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.hil)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip, saying why, a HIL test that cannot finish before $LLMOS_EDGE_HIL_DEADLINE (set by .ci/run).
+
+    Each test declares its worst case with @pytest.mark.hil_cost(seconds) (its timeout is the same
+    number, so it can never run past it); a missing guest image adds IMAGE_COST_S.
+    """
+    deadline = float(os.environ.get("LLMOS_EDGE_HIL_DEADLINE") or "inf")
+    if deadline == float("inf") or HERE not in Path(str(item.fspath)).resolve().parents:
+        return
+    marker = item.get_closest_marker("hil_cost")
+    need = float(marker.args[0]) if marker else DEFAULT_COST_S
+    if not _image_cached():
+        need += IMAGE_COST_S
+    left = deadline - time.time()
+    if need > left:
+        pytest.skip(f"CI time budget: this test needs up to {need:.0f} s, {max(left, 0):.0f} s are left "
+                    "before CI's limit (LLMOS_EDGE_HIL_DEADLINE); by hand: scripts/test -m hil tests/hil")
+
+
+def _image_cached() -> bool:
+    from ci.qemu.image import image_cached
+
+    return image_cached()
 
 
 def qemu_skip_reason() -> str | None:

@@ -19,6 +19,8 @@ BundleFactory = Callable[..., Path]  # the bundle_for fixture in conftest.py
 
 
 
+@pytest.mark.hil_cost(300)
+@pytest.mark.timeout(300, func_only=True)
 def test_guest_is_aarch64_with_pinned_host_key(qemu_guest: QemuGuest, tmp_path: Path) -> None:
     out = qemu_guest.ssh(["sh", "-c", "uname -m; python3 -c 'import sys; print(sys.version_info[:2])'"])
     assert out.stdout.split()[0] == "aarch64"
@@ -30,6 +32,8 @@ def test_guest_is_aarch64_with_pinned_host_key(qemu_guest: QemuGuest, tmp_path: 
     assert refused.returncode != 0 and "Host key verification failed" in refused.stderr
 
 
+@pytest.mark.hil_cost(600)
+@pytest.mark.timeout(600, func_only=True)
 def test_preflight_refuses_wrong_arch_and_wrong_python(
         hil_device: HilDevice, bundle_for: BundleFactory, signing_pair: tuple[Path, Path]) -> None:
     armv7 = bundle_for("0.1.0", target="rpi3-armv7", wheels=False)
@@ -44,7 +48,8 @@ def test_preflight_refuses_wrong_arch_and_wrong_python(
     assert not st.get("current") and not st.get("releases")  # refused before anything was installed
 
 
-@pytest.mark.timeout(3600)
+@pytest.mark.hil_cost(1800)
+@pytest.mark.timeout(1800, func_only=True)  # = hil_cost; measured 490 s quiet (guest venv build ~340 s)
 def test_deploy_smoke_passes_then_failing_smoke_rolls_back(
         hil_device: HilDevice, bundle_for: BundleFactory, signing_pair: tuple[Path, Path]) -> None:
     good = hil.deploy(hil_device, bundle_for("1.0.0"), signing_pair[1])  # smoke timing scaled under QEMU

@@ -63,6 +63,8 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
     raise AssertionError(f"runtime did not answer {url} within {timeout:.0f} s")
 
 
+@pytest.mark.hil_cost(900)
+@pytest.mark.timeout(900, func_only=True)
 def test_runtime_answers_under_qemu_user(chroot_device: ChrootDevice, rpi5_bundle: Path, tmp_path: Path,
                                          hil_timings: Timings) -> None:
     arch = chroot_device.run(["python3", "-c", "import platform; print(platform.machine())"])
