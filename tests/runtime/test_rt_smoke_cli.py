@@ -60,22 +60,16 @@ def _run(args: list[str], cwd: Path | None = None, timeout: float = 120) -> subp
     return subprocess.run([PY, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
 
 
+def _device_smoke(b: Path, rep: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    cfg, golden = str(b / "config/runtime.json"), str(b / "smoke/golden.json")
+    args = ["-m", "llmos_edge.runtime", "smoke", "--config", cfg, "--golden", golden, "--report", str(rep)]
+    return _run([*args, *extra])
+
+
 def test_device_smoke_passes_and_writes_report(decoder_dir: Path, tmp_path: Path) -> None:
     b = _bundle(tmp_path / "b", decoder_dir, GOOD)
     rep = tmp_path / "out" / "report.json"
-    p = _run(
-        [
-            "-m",
-            "llmos_edge.runtime",
-            "smoke",
-            "--config",
-            str(b / "config/runtime.json"),
-            "--golden",
-            str(b / "smoke/golden.json"),
-            "--report",
-            str(rep),
-        ]
-    )
+    p = _device_smoke(b, rep)
     assert p.returncode == 0, p.stdout + p.stderr
     report = json.loads(rep.read_text())
     assert report["ok"] is True and len(report["results"]) == 2
@@ -102,27 +96,9 @@ def test_device_smoke_fails_nonzero(
 ) -> None:
     b = _bundle(tmp_path / "b", decoder_dir, {**GOOD, **change})
     rep = tmp_path / "r.json"
-    p = _run(
-        [
-            "-m",
-            "llmos_edge.runtime",
-            "smoke",
-            "--config",
-            str(b / "config/runtime.json"),
-            "--golden",
-            str(b / "smoke/golden.json"),
-            "--report",
-            str(rep),
-        ]
-    )
+    p = _device_smoke(b, rep)
     assert p.returncode == 1, p.stdout + p.stderr
     assert json.loads(rep.read_text())["ok"] is False and reason in rep.read_text()
-
-
-def _device_smoke(b: Path, rep: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    cfg, golden = str(b / "config/runtime.json"), str(b / "smoke/golden.json")
-    args = ["-m", "llmos_edge.runtime", "smoke", "--config", cfg, "--golden", golden, "--report", str(rep)]
-    return _run([*args, *extra])
 
 
 def test_latency_scale_moves_only_the_timing_budget(decoder_dir: Path, tmp_path: Path) -> None:
