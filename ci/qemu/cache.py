@@ -47,7 +47,7 @@ class Timings:
 
     def table(self) -> str:
         rows = [f"{n:<28} {s:8.1f} s  {'cached' if c else 'built'}" for n, s, c in self.steps]
-        total = sum(s for _, s, _ in self.steps)
+        total = sum(s for n, s, _ in self.steps if not n.startswith(" "))  # indented rows are parts
         return "\n".join([*rows, f"{'total':<28} {total:8.1f} s"])
 
     def as_json(self) -> list[dict[str, object]]:
