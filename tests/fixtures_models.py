@@ -7,15 +7,13 @@ copy one (shutil.copytree) before modifying it in a test.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
-from llmos_edge.fsutil import atomic_dir
+from llmos_edge.fsutil import atomic_dir, file_lock
 from llmos_edge.paths import cache_root
 from llmos_edge.toolchains import manager
 from llmos_edge.toolchains.contract import WORKERS_DIR
@@ -69,20 +67,12 @@ def _fixture_hash(toolchain: str) -> str:
     return h.hexdigest()[:12]
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
-
-
 def _cached(name: str, toolchain: str, build: Callable[[Path], None]) -> Path:
     """Build into a temp dir and publish atomically; concurrent test sessions wait on a file lock."""
     final = cache_root() / "test-models" / f"{name}-{_fixture_hash(toolchain)}"
     if (final / "llmos_model.json").is_file():
         return final
-    with _locked(final):
+    with file_lock(final.with_name(final.name + ".lock")):
         if not (final / "llmos_model.json").is_file():
             with atomic_dir(final) as tmp:
                 build(tmp)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import shutil
@@ -12,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmos_edge.fsutil import atomic_dir, atomic_write_text
+from llmos_edge.fsutil import atomic_dir, atomic_write_text, file_lock
 from llmos_edge.paths import cache_root
 
 # Bump when the way an entry is built changes, so old entries are not reused.
@@ -58,18 +57,6 @@ def is_cached(name: str, inputs: Mapping[str, object]) -> bool:
     return (qemu_cache() / cache_key(name, inputs) / _DONE).exists()
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One builder per entry, even across processes (two CI jobs on one runner)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def cached_entry(
     name: str,
     inputs: Mapping[str, object],
@@ -81,7 +68,7 @@ def cached_entry(
     key = cache_key(name, inputs)
     final = qemu_cache() / key
     t0 = time.monotonic()
-    with _locked(qemu_cache() / f".{key}.lock"):
+    with file_lock(qemu_cache() / f".{key}.lock"):
         hit = (final / _DONE).exists() and not refresh
         if not hit:
             if final.exists():

@@ -7,19 +7,16 @@ lock gives a new env; a `.llmos-ready` marker written last means a half-installe
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..fsutil import atomic_write_text, ensure_free_space
+from ..fsutil import atomic_write_text, ensure_free_space, file_lock
 from ..paths import cache_root
 
 LOCKS_DIR = Path(__file__).resolve().parent / "locks"
@@ -89,23 +86,12 @@ def resolve(name: str) -> Toolchain:
     return Toolchain(name, digest, env_dir, parse_lock(text))
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure(name: str, *, progress: bool = True) -> Toolchain:
     """Return a ready toolchain, installing it first (once, even with concurrent callers)."""
     tc = resolve(name)
     if tc.ready:
         return tc
-    with _file_lock(tc.env_dir.with_name(tc.env_dir.name + ".lock")):
+    with file_lock(tc.env_dir.with_name(tc.env_dir.name + ".lock")):
         if tc.ready:  # another process finished it while we waited
             return tc
         _install(tc, progress=progress)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,19 @@ from llmos_edge.errors import DeviceError
 
 from .devices import Device
 
+
+def assert_serves_tiny(port: int) -> None:
+    """The deployed runtime lists the tiny model and answers a chat request on the device's port."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10) as r:
+        assert "tiny" in [m["id"] for m in json.loads(r.read())["data"]]
+    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        data=body.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert json.loads(r.read())["choices"][0]["message"]["role"] == "assistant"
 
 def run_deploy(
     dev: Device,

@@ -10,7 +10,6 @@ path, a venv built from the bundle's offline wheels, is tested in tests/deploy_w
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from llmos_edge.deploy.run import SmokeFailed
 
 from .devices import Device, free_port
-from .helpers import run_deploy
+from .helpers import assert_serves_tiny, run_deploy
 
 
 def _bundle(
@@ -61,17 +60,7 @@ def test_real_runtime_serves_tiny_model_on_device(
     digest = json.loads(rep.smoke[rep.smoke.index("{") :])  # the device's smoke verdict, in the report
     assert digest["ok"] is True and digest["results"][0]["name"] == "golden-1"
     assert digest["summary"]["first_token_ms_median"] > 0
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10) as r:
-        ids = [m["id"] for m in json.loads(r.read())["data"]]
-    assert "tiny" in ids
-    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/chat/completions",
-        data=body.encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=60) as r:
-        assert json.loads(r.read())["choices"][0]["message"]["role"] == "assistant"
+    assert_serves_tiny(port)
     b2 = _bundle(tmp_path / "b2", tiny_decoder_fp32_dir, "1.0.1", signing_key[0], port, threads=2)
     rep2 = run_deploy(device, b2, signing_key[1], device_python=device_python, smoke_timeout=120)
     assert rep2.status == "ok"

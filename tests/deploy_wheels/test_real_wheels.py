@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.deploy.devices import DEV_USER, Device, free_port
-from tests.deploy.helpers import run_deploy
+from tests.deploy.helpers import assert_serves_tiny, run_deploy
 
 pytestmark = pytest.mark.slow
 
@@ -66,16 +65,7 @@ def test_runtime_runs_from_bundle_wheels_on_device(
     pid = json.loads(device.state("service.pid").read_text())["pid"]
     exe = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
     assert exe.startswith(str(Path(device.root) / "venvs")), exe
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10) as r:
-        assert "tiny" in [m["id"] for m in json.loads(r.read())["data"]]
-    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/chat/completions",
-        data=body.encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=60) as r:
-        assert json.loads(r.read())["choices"][0]["message"]["role"] == "assistant"
+    assert_serves_tiny(port)
 
     # a config-only update: same wheels, so the venv is reused and no wheel is sent again
     b2 = _bundle(tmp_path / "b2", tiny_decoder_dir, "1.0.1", signing_key[0], port, threads=2)
