@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import CheckFailed, LlmosError
 from ..transports.base import Transport
 from ..transports.ssh import SshOptions
-from . import transfer
+from . import install, transfer
 from .preflight import AlreadyActive, PreflightOptions, check_resources, check_version, preflight
 from .remote import RC_SMOKE, RC_VERIFY, Agent, AgentFailed
 from .source import BundleSource
@@ -21,7 +21,8 @@ from .source import BundleSource
 
 @dataclass(frozen=True)
 class DeployOptions:
-    root: str = "~/llmos"
+    root: str | None = None  # None: the bundle's install root (deploy/install.py)
+    service: str | None = None  # systemd | pidfile; None: the bundle's target says
     remote_python: str = "python3"  # runs the agent
     device_python: str | None = None  # runs the runtime when the bundle has no wheels
     preflight: PreflightOptions = field(default_factory=PreflightOptions)
@@ -75,11 +76,13 @@ async def deploy(
     """Raise LlmosError on refusal or failure (the device keeps its last good release)."""
     ev = events or Events()
     t0 = time.monotonic()
-    agent = Agent(transport, opts.root, opts.remote_python)
+    inst = install.resolve(bundle, opts.root, opts.service)
+    agent = Agent(transport, inst.root, opts.remote_python)
     ev.phase("preflight")
     probe = await agent.call("probe")
     try:
-        notes = preflight(probe, bundle, opts.preflight)
+        notes = install.check_install(probe, inst, await _root_writable(transport, opts, inst.root))
+        notes += preflight(probe, bundle, opts.preflight)
     except AlreadyActive as exc:
         return DeployReport(
             transport.name,
@@ -116,6 +119,11 @@ async def deploy(
     _fill(report, plan.stats)
     report.seconds = time.monotonic() - t0
     return report
+
+
+async def _root_writable(transport: Transport, opts: DeployOptions, root: str) -> bool:
+    res = await transport.exec(install.writable_argv(opts.remote_python, root), timeout=120)
+    return res.rc == 0 and res.stdout.strip() == b"1"
 
 
 async def _install(
