@@ -79,10 +79,11 @@ async def deploy(
     inst = install.resolve(bundle, opts.root, opts.service)
     agent = Agent(transport, inst.root, opts.remote_python)
     ev.phase("preflight")
-    probe = await agent.call("probe")
+    probe = await agent.call("probe")  # it first finishes or reverts an activation a kill interrupted
+    resolved = resolved_note(probe.get("resolved"))
     try:
         notes = install.check_install(probe, inst, await _root_writable(transport, opts, inst.root))
-        notes += preflight(probe, bundle, opts.preflight)
+        notes = [*resolved, *notes, *preflight(probe, bundle, opts.preflight)]
     except AlreadyActive as exc:
         return DeployReport(
             transport.name,
@@ -91,6 +92,7 @@ async def deploy(
             previous=probe.get("previous"),
             message=exc.message,
             hints=exc.hints,
+            notes=resolved,
             seconds=time.monotonic() - t0,
         )
     if bundle.signature is None:
@@ -124,6 +126,19 @@ async def deploy(
 async def _root_writable(transport: Transport, opts: DeployOptions, root: str) -> bool:
     res = await transport.exec(install.writable_argv(opts.remote_python, root), timeout=120)
     return res.rc == 0 and res.stdout.strip() == b"1"
+
+
+def resolved_note(resolved: Any) -> list[str]:
+    """What the agent did about an activation it found unfinished (its worker was killed)."""
+    if not isinstance(resolved, dict):
+        return []
+    if resolved.get("outcome") == "in-progress":
+        return [f"an activation of {resolved.get('version')} is still running on the device"]
+    return [
+        f"the device had an unfinished activation of {resolved.get('version')} "
+        f"(interrupted at {resolved.get('phase')}); it was {resolved.get('outcome')}, "
+        f"now serving {resolved.get('serving') or 'nothing'}"
+    ]
 
 
 async def _install(
