@@ -91,3 +91,17 @@ def test_every_shipped_target_root_is_searched_by_device_commands() -> None:
     """status/logs/rollback/releases without --root look in DEVICE_ROOTS: no target may fall outside."""
     roots = {t.install.root for t in list_targets()}
     assert roots <= set(install.DEVICE_ROOTS), roots
+
+
+def test_inventory_vars_override_root_and_service(tmp_path: Path) -> None:
+    from llmos_edge.deploy.fleet import FleetDevice, device_options
+    from llmos_edge.deploy.run import DeployOptions
+    from llmos_edge.transports.ssh import SshOptions
+
+    base = DeployOptions()
+    assert base.root is None and base.service is None  # the bundle decides unless told otherwise
+    opts, _ = device_options(FleetDevice("pi-1", "pi@h", "rpi5", {"root": "/srv/llm", "service": "pidfile"}),
+                             base, SshOptions())
+    assert (opts.root, opts.service) == ("/srv/llm", "pidfile")
+    same, _ = device_options(FleetDevice("pi-2", "pi@h", "rpi5", {}), base, SshOptions())
+    assert (same.root, same.service) == (None, None)
