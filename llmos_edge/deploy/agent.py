@@ -185,10 +185,15 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
 
 
 def audit(lay: Layout, event: str, **details: object) -> None:
+    """Append an event; on a full disk the entry is lost rather than the operation it records."""
     os.makedirs(lay.state, exist_ok=True)
     entry = {"time": time.time(), "event": event, "user": os.environ.get("USER", str(os.getuid())), **details}
-    with open(lay.st("audit.jsonl"), "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry, sort_keys=True) + "\n")
+    try:
+        with open(lay.st("audit.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+    except OSError as exc:
+        if not is_resource_error(exc):
+            raise
 
 
 def link_target(link: str) -> str | None:
@@ -275,7 +280,8 @@ def cmd_probe(lay: Layout, args: argparse.Namespace) -> dict:
         "pending": pending(lay),
         "previous": link_target(lay.previous),
         "failed": read_json(lay.st("failed.json"), {}),
-        "lock": _lock_info(lay) or _lock_info(lay, "work.lock"),
+        "lock": _lock_info(lay),
+        "busy": _lock_info(lay, "work.lock"),
         "device": read_json(lay.st("device.json"), {}),
         "systemd": has_systemd(),
         "uid": os.getuid(),
@@ -366,8 +372,10 @@ def cmd_hold(lay: Layout, args: argparse.Namespace) -> dict:
         fd = _try_flock(lay.st("lock"))
     if fd is None:
         raise locked_error(lay, "device is locked", _lock_info(lay))
-    worker = _lock_info(lay, "work.lock")
-    if worker:  # an orphaned worker of an earlier session still runs: wait for it to end
+    deadline = time.monotonic() + args.wait
+    while (worker := _lock_info(lay, "work.lock")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # an orphaned worker of an earlier session still runs: let it finish first
+    if worker:
         os.close(fd)
         what = f"{worker.get('work')} (pid {worker.get('pid')})"
         raise locked_error(lay, f"device is busy: {what} is still running", dict(worker, owner=what))
@@ -917,6 +925,7 @@ def service_start(lay: Layout, version: str) -> None:
         env_line = "" if os.path.islink(venv) else f"LLMOS_PYTHON={py}\n"
         write_atomic(lay.st("runtime.env"), env_line.encode())
         _prepare_service_user(lay, release)
+        _install_boot_unit(lay)
         _systemd_install(release, "llmos-edge", required=True)
         _systemd_install(release, "llmos-bridge")
         return
@@ -966,6 +975,43 @@ def _runtime_audit_log(release: str) -> str | None:
     cfg = read_json(os.path.join(cfg_dir, "runtime.json"), {})
     rel = cfg.get("audit_log") if isinstance(cfg, dict) else None
     return os.path.realpath(os.path.join(cfg_dir, rel)) if isinstance(rel, str) and rel else None
+
+
+BOOT_UNIT = """# Written by llmos-agent: at boot, finish or revert an activation a power loss interrupted.
+[Unit]
+Description=llmos-edge: resolve an interrupted activation ({root})
+After=network-online.target
+
+[Service]
+Type=oneshot
+ExecStart={python} {root}/bin/llmos-agent boot --root {root}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _install_boot_unit(lay: Layout) -> None:
+    """systemd starts the committed release through llmos-edge.service; this oneshot resolves a
+    pending activation (it stays pending until an entry point runs, so boot runs one)."""
+    agent = os.path.join(lay.root, "bin", "llmos-agent")
+    if not os.path.isfile(agent):
+        return
+    text = BOOT_UNIT.format(python=sys.executable or "/usr/bin/python3", root=lay.root)
+    dest = "/etc/systemd/system/llmos-agent-boot.service"
+    if read_text(dest) == text:
+        return
+    write_atomic(dest, text.encode())
+    for cmd in (["daemon-reload"], ["enable", "llmos-agent-boot"]):
+        subprocess.run(["systemctl", *cmd], check=True, capture_output=True)
+
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def _systemd_install(release: str, name: str, required: bool = False) -> None:
@@ -1441,7 +1487,8 @@ def cmd_status(lay: Layout, args: argparse.Namespace) -> dict:
         "bridge_pid": pidfile_pid(lay, "bridge"),
         "listening": now is not None and now == cur,
         "failed": read_json(lay.st("failed.json"), {}),
-        "lock": _lock_info(lay) or _lock_info(lay, "work.lock"),
+        "lock": _lock_info(lay),
+        "busy": _lock_info(lay, "work.lock"),
         "releases": [r["version"] for r in _releases(lay)],
         "hostname": socket.gethostname(),
     }
@@ -1522,6 +1569,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--token")
     p.add_argument("--owner", default="unknown")
     p.add_argument("--ttl", type=float, default=3600.0)
+    p.add_argument("--wait", type=float, default=0.0)
     p.add_argument("--version")
     p.add_argument("--to")
     p.add_argument("--target")
