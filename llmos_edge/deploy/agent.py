@@ -42,6 +42,7 @@ RC_SMOKE, RC_LOCKED, RC_VERIFY, RC_REFUSED, RC_RESOURCE = 4, 10, 12, 13, 14
 _CHUNK = 1 << 20
 _RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
 _RESOURCE_TEXT = ("No space left on device", "Disk quota exceeded", "Cannot allocate memory", "MemoryError")
+_LOW_DISK = 8_000_000  # a venv build that fails with less free than this failed for want of space
 PHASES = ("record", "switch", "stop-old", "start-new", "smoke", "commit")
 
 
@@ -672,9 +673,12 @@ def _venv_step(
         raise _venv_error(what, base, str(exc)) from None
     if proc.returncode != 0:
         output = (proc.stdout + proc.stderr).decode(errors="replace")
-        if resource_text(output):  # a full disk makes ensurepip fail too: the cause is the disk
+        free = disk_free(lay.root)  # measured now, before the failed build is cleared away
+        if resource_text(output) or free < _LOW_DISK:
+            # a full disk makes ensurepip fail too (venv hides its output): the cause is the disk
             tail = "\n".join(line for line in output.splitlines() if resource_text(line))[-300:]
-            raise resource_failure(lay, what, tail or output[-300:], _wheels_need(release))
+            cause = tail or f"No space left on device: {free / 1e6:.1f} MB free under {lay.root}"
+            raise resource_failure(lay, what, cause, _wheels_need(release))
         raise _venv_error(what, base, output)
 
 
