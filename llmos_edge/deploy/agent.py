@@ -818,6 +818,10 @@ def release_processes(lay: Layout) -> dict[int, tuple[str, str]]:
     return found
 
 
+def _runtime_of(lay: Layout, version: str) -> bool:
+    return (version, "runtime") in release_processes(lay).values()
+
+
 def listening_pids(port: int, candidates: set[int]) -> set[int] | None:
     """Which of `candidates` hold a listening TCP socket on `port`; None when /proc hides it."""
     inodes = set()
@@ -1093,7 +1097,7 @@ def wait_healthy(lay: Layout, version: str, timeout: float) -> str | None:
     host, port = runtime_endpoint(os.path.join(lay.releases, version))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _systemd_mode() and service_pid(lay) is None:
+        if not _systemd_mode() and service_pid(lay) is None and not _runtime_of(lay, version):
             return "the runtime process exited"
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
             return None
@@ -1367,7 +1371,10 @@ def resolve_pending(lay: Layout) -> dict | None:
     if finish and os.path.isdir(os.path.join(lay.releases, version)):
         try:
             lay.python = rec.get("python")
-            why = None if serving(lay) == version else start_release(lay, version)
+            # serving already (killed at smoke): smoke it again; else (or with no pidfile to manage it
+            # by, killed right after the start) start it afresh
+            up = serving(lay) == version and (_systemd_mode() or service_pid(lay) is not None)
+            why = None if up else start_release(lay, version)
             ok, output = check_release(lay, version, timeout) if why is None else (False, why)
         except (AgentError, OSError) as exc:
             ok, output = False, f"could not start {version}: {exc}"
