@@ -1506,20 +1506,30 @@ def cmd_status(lay: Layout, args: argparse.Namespace) -> dict:
 
 
 def cmd_releases(lay: Layout, args: argparse.Namespace) -> dict:
-    rels = _releases(lay)
-    keep = {link_target(lay.current), link_target(lay.previous)}
+    """List releases; with --keep N prune all but the newest N (never current or previous)."""
     removed: list[str] = []
     if args.keep is not None:
         require_lock(lay, args.token)
-        newest = {r["version"] for r in rels[-args.keep :]} if args.keep > 0 else set()
-        for r in rels:
-            if r["version"] not in keep and r["version"] not in newest:
-                shutil.rmtree(os.path.join(lay.releases, r["version"]))
-                removed.append(r["version"])
-        freed = _gc_store(lay)
-        venvs = _gc_venvs(lay)
-        audit(lay, "prune", removed=removed, keep=args.keep, store_freed=freed, venvs_removed=venvs)
+        with work_lock(lay, "prune"):
+            resolve_pending(lay)  # settle which releases are current and previous first
+            removed = _prune(lay, args.keep)
+    keep = {link_target(lay.current), link_target(lay.previous)}
     return {"releases": [dict(r, current=r["version"] in keep) for r in _releases(lay)], "removed": removed}
+
+
+def _prune(lay: Layout, count: int) -> list[str]:
+    rels = _releases(lay)
+    keep = {link_target(lay.current), link_target(lay.previous)}
+    newest = {r["version"] for r in rels[-count:]} if count > 0 else set()
+    removed = []
+    for r in rels:
+        if r["version"] not in keep and r["version"] not in newest:
+            shutil.rmtree(os.path.join(lay.releases, r["version"]))
+            removed.append(r["version"])
+    freed = _gc_store(lay)
+    venvs = _gc_venvs(lay)
+    audit(lay, "prune", removed=removed, keep=count, store_freed=freed, venvs_removed=venvs)
+    return removed
 
 
 def _gc_venvs(lay: Layout) -> list[str]:
