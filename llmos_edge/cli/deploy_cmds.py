@@ -238,13 +238,16 @@ def status_cmd(
         f"{st.get('hostname')} ({address})",
         ["field", "value"],
         [
-            ("current", st.get("current")),
+            ("current", st.get("current")),  # committed
+            ("serving", st.get("serving")),  # what the runtime process answering was started from
+            *([("WARNING", st["discrepancy"])] if st.get("discrepancy") else []),
             ("previous", st.get("previous")),
             ("pid", st.get("pid")),
             ("listening", st.get("listening")),
             ("releases", ", ".join(st.get("releases", []))),
             ("failed", ", ".join(st.get("failed", {}))),
             ("lock", lock.get("owner") if lock else "free"),
+            *([("busy", st["busy"].get("work"))] if st.get("busy") else []),
         ],
     )
 

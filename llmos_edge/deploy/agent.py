@@ -42,6 +42,7 @@ RC_SMOKE, RC_LOCKED, RC_VERIFY, RC_REFUSED, RC_RESOURCE = 4, 10, 12, 13, 14
 _CHUNK = 1 << 20
 _RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
 _RESOURCE_TEXT = ("No space left on device", "Disk quota exceeded", "Cannot allocate memory", "MemoryError")
+_LOW_DISK = 8_000_000  # a venv build that fails with less free than this failed for want of space
 PHASES = ("record", "switch", "stop-old", "start-new", "smoke", "commit")
 
 
@@ -185,10 +186,15 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
 
 
 def audit(lay: Layout, event: str, **details: object) -> None:
+    """Append an event; on a full disk the entry is lost rather than the operation it records."""
     os.makedirs(lay.state, exist_ok=True)
     entry = {"time": time.time(), "event": event, "user": os.environ.get("USER", str(os.getuid())), **details}
-    with open(lay.st("audit.jsonl"), "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry, sort_keys=True) + "\n")
+    try:
+        with open(lay.st("audit.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+    except OSError as exc:
+        if not is_resource_error(exc):
+            raise
 
 
 def link_target(link: str) -> str | None:
@@ -275,7 +281,8 @@ def cmd_probe(lay: Layout, args: argparse.Namespace) -> dict:
         "pending": pending(lay),
         "previous": link_target(lay.previous),
         "failed": read_json(lay.st("failed.json"), {}),
-        "lock": _lock_info(lay) or _lock_info(lay, "work.lock"),
+        "lock": _lock_info(lay),
+        "busy": _lock_info(lay, "work.lock"),
         "device": read_json(lay.st("device.json"), {}),
         "systemd": has_systemd(),
         "uid": os.getuid(),
@@ -366,8 +373,10 @@ def cmd_hold(lay: Layout, args: argparse.Namespace) -> dict:
         fd = _try_flock(lay.st("lock"))
     if fd is None:
         raise locked_error(lay, "device is locked", _lock_info(lay))
-    worker = _lock_info(lay, "work.lock")
-    if worker:  # an orphaned worker of an earlier session still runs: wait for it to end
+    deadline = time.monotonic() + args.wait
+    while (worker := _lock_info(lay, "work.lock")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # an orphaned worker of an earlier session still runs: let it finish first
+    if worker:
         os.close(fd)
         what = f"{worker.get('work')} (pid {worker.get('pid')})"
         raise locked_error(lay, f"device is busy: {what} is still running", dict(worker, owner=what))
@@ -664,9 +673,12 @@ def _venv_step(
         raise _venv_error(what, base, str(exc)) from None
     if proc.returncode != 0:
         output = (proc.stdout + proc.stderr).decode(errors="replace")
-        if resource_text(output):  # a full disk makes ensurepip fail too: the cause is the disk
+        free = disk_free(lay.root)  # measured now, before the failed build is cleared away
+        if resource_text(output) or free < _LOW_DISK:
+            # a full disk makes ensurepip fail too (venv hides its output): the cause is the disk
             tail = "\n".join(line for line in output.splitlines() if resource_text(line))[-300:]
-            raise resource_failure(lay, what, tail or output[-300:], _wheels_need(release))
+            cause = tail or f"No space left on device: {free / 1e6:.1f} MB free under {lay.root}"
+            raise resource_failure(lay, what, cause, _wheels_need(release))
         raise _venv_error(what, base, output)
 
 
@@ -806,6 +818,10 @@ def release_processes(lay: Layout) -> dict[int, tuple[str, str]]:
     return found
 
 
+def _runtime_of(lay: Layout, version: str) -> bool:
+    return (version, "runtime") in release_processes(lay).values()
+
+
 def listening_pids(port: int, candidates: set[int]) -> set[int] | None:
     """Which of `candidates` hold a listening TCP socket on `port`; None when /proc hides it."""
     inodes = set()
@@ -917,6 +933,7 @@ def service_start(lay: Layout, version: str) -> None:
         env_line = "" if os.path.islink(venv) else f"LLMOS_PYTHON={py}\n"
         write_atomic(lay.st("runtime.env"), env_line.encode())
         _prepare_service_user(lay, release)
+        _install_boot_unit(lay)
         _systemd_install(release, "llmos-edge", required=True)
         _systemd_install(release, "llmos-bridge")
         return
@@ -966,6 +983,43 @@ def _runtime_audit_log(release: str) -> str | None:
     cfg = read_json(os.path.join(cfg_dir, "runtime.json"), {})
     rel = cfg.get("audit_log") if isinstance(cfg, dict) else None
     return os.path.realpath(os.path.join(cfg_dir, rel)) if isinstance(rel, str) and rel else None
+
+
+BOOT_UNIT = """# Written by llmos-agent: at boot, finish or revert an activation a power loss interrupted.
+[Unit]
+Description=llmos-edge: resolve an interrupted activation ({root})
+After=network-online.target
+
+[Service]
+Type=oneshot
+ExecStart={python} {root}/bin/llmos-agent boot --root {root}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _install_boot_unit(lay: Layout) -> None:
+    """systemd starts the committed release through llmos-edge.service; this oneshot resolves a
+    pending activation (it stays pending until an entry point runs, so boot runs one)."""
+    agent = os.path.join(lay.root, "bin", "llmos-agent")
+    if not os.path.isfile(agent):
+        return
+    text = BOOT_UNIT.format(python=sys.executable or "/usr/bin/python3", root=lay.root)
+    dest = "/etc/systemd/system/llmos-agent-boot.service"
+    if read_text(dest) == text:
+        return
+    write_atomic(dest, text.encode())
+    for cmd in (["daemon-reload"], ["enable", "llmos-agent-boot"]):
+        subprocess.run(["systemctl", *cmd], check=True, capture_output=True)
+
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def _systemd_install(release: str, name: str, required: bool = False) -> None:
@@ -1043,7 +1097,7 @@ def wait_healthy(lay: Layout, version: str, timeout: float) -> str | None:
     host, port = runtime_endpoint(os.path.join(lay.releases, version))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _systemd_mode() and service_pid(lay) is None:
+        if not _systemd_mode() and service_pid(lay) is None and not _runtime_of(lay, version):
             return "the runtime process exited"
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
             return None
@@ -1317,7 +1371,10 @@ def resolve_pending(lay: Layout) -> dict | None:
     if finish and os.path.isdir(os.path.join(lay.releases, version)):
         try:
             lay.python = rec.get("python")
-            why = None if serving(lay) == version else start_release(lay, version)
+            # serving already (killed at smoke): smoke it again; else (or with no pidfile to manage it
+            # by, killed right after the start) start it afresh
+            up = serving(lay) == version and (_systemd_mode() or service_pid(lay) is not None)
+            why = None if up else start_release(lay, version)
             ok, output = check_release(lay, version, timeout) if why is None else (False, why)
         except (AgentError, OSError) as exc:
             ok, output = False, f"could not start {version}: {exc}"
@@ -1441,27 +1498,38 @@ def cmd_status(lay: Layout, args: argparse.Namespace) -> dict:
         "bridge_pid": pidfile_pid(lay, "bridge"),
         "listening": now is not None and now == cur,
         "failed": read_json(lay.st("failed.json"), {}),
-        "lock": _lock_info(lay) or _lock_info(lay, "work.lock"),
+        "lock": _lock_info(lay),
+        "busy": _lock_info(lay, "work.lock"),
         "releases": [r["version"] for r in _releases(lay)],
         "hostname": socket.gethostname(),
     }
 
 
 def cmd_releases(lay: Layout, args: argparse.Namespace) -> dict:
-    rels = _releases(lay)
-    keep = {link_target(lay.current), link_target(lay.previous)}
+    """List releases; with --keep N prune all but the newest N (never current or previous)."""
     removed: list[str] = []
     if args.keep is not None:
         require_lock(lay, args.token)
-        newest = {r["version"] for r in rels[-args.keep :]} if args.keep > 0 else set()
-        for r in rels:
-            if r["version"] not in keep and r["version"] not in newest:
-                shutil.rmtree(os.path.join(lay.releases, r["version"]))
-                removed.append(r["version"])
-        freed = _gc_store(lay)
-        venvs = _gc_venvs(lay)
-        audit(lay, "prune", removed=removed, keep=args.keep, store_freed=freed, venvs_removed=venvs)
+        with work_lock(lay, "prune"):
+            resolve_pending(lay)  # settle which releases are current and previous first
+            removed = _prune(lay, args.keep)
+    keep = {link_target(lay.current), link_target(lay.previous)}
     return {"releases": [dict(r, current=r["version"] in keep) for r in _releases(lay)], "removed": removed}
+
+
+def _prune(lay: Layout, count: int) -> list[str]:
+    rels = _releases(lay)
+    keep = {link_target(lay.current), link_target(lay.previous)}
+    newest = {r["version"] for r in rels[-count:]} if count > 0 else set()
+    removed = []
+    for r in rels:
+        if r["version"] not in keep and r["version"] not in newest:
+            shutil.rmtree(os.path.join(lay.releases, r["version"]))
+            removed.append(r["version"])
+    freed = _gc_store(lay)
+    venvs = _gc_venvs(lay)
+    audit(lay, "prune", removed=removed, keep=count, store_freed=freed, venvs_removed=venvs)
+    return removed
 
 
 def _gc_venvs(lay: Layout) -> list[str]:
@@ -1522,6 +1590,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--token")
     p.add_argument("--owner", default="unknown")
     p.add_argument("--ttl", type=float, default=3600.0)
+    p.add_argument("--wait", type=float, default=0.0)
     p.add_argument("--version")
     p.add_argument("--to")
     p.add_argument("--target")

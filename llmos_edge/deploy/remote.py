@@ -56,13 +56,16 @@ class Agent:
             raise failure(self.transport.name, res.rc, payload)
         return payload
 
-    async def hold(self, token: str, owner: str, ttl: float) -> Process:
-        """Start the lock holder; it keeps the device lock until the returned process is closed."""
-        proc = await self.transport.start(
-            self.argv("hold", "--token", token, "--owner", owner, "--ttl", str(ttl))
-        )
+    async def hold(self, token: str, owner: str, ttl: float, wait: float = 120) -> Process:
+        """Start the lock holder; it keeps the device lock until the returned process is closed.
+
+        Device-side work that outlived an earlier session (an orphaned activate) is waited for, up
+        to `wait` seconds, so the next deploy converges instead of being turned away.
+        """
+        argv = self.argv("hold", "--token", token, "--owner", owner, "--ttl", str(ttl), "--wait", str(wait))
+        proc = await self.transport.start(argv)
         try:
-            line = await proc.readline(60)
+            line = await proc.readline(60 + wait)
         except TimeoutError:
             await proc.close()
             raise DeviceError(f"{self.transport.name}: the device did not answer the lock request") from None

@@ -108,9 +108,16 @@ async def deploy(
     token = uuid.uuid4().hex
     holder = await agent.hold(token, owner_label(), opts.lock_ttl)
     try:
-        recheck = await agent.call("probe")  # another deploy may have finished between probe and lock
-        if recheck.get("current") != probe.get("current"):
-            check_version(recheck, bundle, opts.preflight)
+        # another deploy (or the orphaned worker `hold` waited for) may have finished in the meantime
+        recheck = await agent.call("probe")
+        notes += resolved_note(recheck.get("resolved"))
+        if (recheck.get("current"), recheck.get("serving")) != (probe.get("current"), probe.get("serving")):
+            try:
+                check_version(recheck, bundle, opts.preflight)
+            except AlreadyActive as exc:
+                report.status, report.message, report.notes = "up-to-date", exc.message, notes
+                report.seconds = time.monotonic() - t0
+                return report
         await _install(agent, bundle, opts, plan, token, root, ev, notes)
         ev.phase("activate")
         res = await _activate(agent, bundle, opts, token, report)
