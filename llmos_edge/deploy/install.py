@@ -117,22 +117,26 @@ def _same_root(a: str, b: str, home: str | None) -> bool:
     return norm(a) == norm(b)
 
 
-def check_install(probe: dict[str, Any], inst: InstallSettings, writable: bool) -> list[str]:
+def check_writable(device: str, inst: InstallSettings, answer: str) -> None:
+    """Refuse a root the login cannot create or write; `answer` is what _WRITABLE printed."""
+    ok, _, where = answer.strip().partition(" ")
+    if ok == "1":
+        return
+    raise UserError(
+        f"{device}: this login cannot write the install root {where or inst.root} (from {inst.root_from})",
+        hints=[
+            "log in as root: the bundle's unit runs the service as "
+            f"{inst.user or 'its service user'}, not as the login",
+            f"or let root create it for this login: install -d -o <login user> {where or inst.root}",
+            "or pass --root ~/llmos --service pidfile (no unit is installed; the runtime runs "
+            "under pidfile supervision)",
+        ],
+    )
+
+
+def check_install(probe: dict[str, Any], inst: InstallSettings) -> list[str]:
     """Refuse every combination in which the unit and the install would disagree; notes otherwise."""
     host = probe.get("hostname") or "the device"
-    login = f"uid {probe.get('uid')}"
-    if not writable:
-        raise UserError(
-            f"{host}: this login ({login}) cannot write the install root {probe.get('root')} "
-            f"(from {inst.root_from})",
-            hints=[
-                "log in as root: the bundle's unit runs the service as "
-                f"{inst.user or 'its service user'}, not as the login",
-                f"or let root create it for this login: install -d -o <login user> {probe.get('root')}",
-                "or pass --root ~/llmos --service pidfile (no unit is installed; the runtime runs "
-                "under pidfile supervision)",
-            ],
-        )
     have = device_mode(probe)
     if inst.service == "systemd" and have == "pidfile":
         why = "the device has no systemd" if not probe.get("systemd") else "the login is not root"
@@ -176,13 +180,13 @@ def _check_unit_root(probe: dict[str, Any], inst: InstallSettings) -> None:
         )
 
 
-# Run on the device by the login: can it create/write the install root (or its nearest existing
-# ancestor)? Read-only; prints 1 or 0.
+# Run on the device by the login before the agent touches the root: can it create/write the install
+# root (its nearest existing ancestor must be a writable folder)? Read-only; prints "1|0 <abs root>".
 _WRITABLE = (
     "import os,sys\n"
-    "p=os.path.abspath(os.path.expanduser(sys.argv[1]))\n"
+    "r=p=os.path.abspath(os.path.expanduser(sys.argv[1]))\n"
     "while not os.path.lexists(p): p=os.path.dirname(p)\n"
-    "print(1 if os.path.isdir(p) and os.access(p, os.W_OK | os.X_OK) else 0)\n"
+    "print(1 if os.path.isdir(p) and os.access(p, os.W_OK | os.X_OK) else 0, r)\n"
 )
 
 

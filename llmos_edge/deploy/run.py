@@ -79,10 +79,11 @@ async def deploy(
     inst = install.resolve(bundle, opts.root, opts.service)
     agent = Agent(transport, inst.root, opts.remote_python)
     ev.phase("preflight")
+    await _check_writable(transport, opts, inst)  # before the agent touches the root at all
     probe = await agent.call("probe")  # it first finishes or reverts an activation a kill interrupted
     resolved = resolved_note(probe.get("resolved"))
     try:
-        notes = install.check_install(probe, inst, await _root_writable(transport, opts, inst.root))
+        notes = install.check_install(probe, inst)
         notes = [*resolved, *notes, *preflight(probe, bundle, opts.preflight)]
     except AlreadyActive as exc:
         return DeployReport(
@@ -130,9 +131,10 @@ async def deploy(
     return report
 
 
-async def _root_writable(transport: Transport, opts: DeployOptions, root: str) -> bool:
-    res = await transport.exec(install.writable_argv(opts.remote_python, root), timeout=120)
-    return res.rc == 0 and res.stdout.strip() == b"1"
+async def _check_writable(transport: Transport, opts: DeployOptions, inst: install.InstallSettings) -> None:
+    res = await transport.exec(install.writable_argv(opts.remote_python, inst.root), timeout=120)
+    answer = res.stdout.decode(errors="replace") if res.rc == 0 else "0"
+    install.check_writable(transport.name, inst, answer)
 
 
 def resolved_note(resolved: Any) -> list[str]:

@@ -98,3 +98,17 @@ def test_bundle_signed_by_another_key_is_refused(
     assert "signature does not verify with key" in res.stderr and "no public key" not in res.stderr
     assert "--key is the .pub of the key the bundle was built with" in res.stderr
     assert device.snapshot() == before and device.serving() == "1.0.0"
+
+
+def test_install_root_under_a_file_is_refused(
+    device: Device, bundle_for: BundleFactory, signing_key: tuple[Path, Path]
+) -> None:
+    """A path component that is a file (here one the login owns) can never hold the install."""
+    blocker = device.home / "blocker"
+    blocker.write_text("not a folder")
+    os.chown(blocker, os.stat(device.home).st_uid, os.stat(device.home).st_gid)
+    before = device.snapshot()
+    res = cli(device, "deploy", str(bundle_for(device, "1.0.0", extra_files=unit(f"{blocker}/llmos"))),
+              "--key", str(signing_key[1]))
+    assert res.returncode == 2 and f"cannot write the install root {blocker}/llmos" in res.stderr, res.stderr
+    assert device.snapshot() == before and blocker.read_text() == "not a folder"

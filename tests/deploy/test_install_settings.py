@@ -48,7 +48,7 @@ def test_percent_h_unit_reads_as_home(tmp_path: Path) -> None:
                            None, None)
     assert inst.root == "~/llmos"
     with pytest.raises(UserError, match="relative to the service user's home"):
-        install.check_install({**ROOT_SYSTEMD, "root": "/root/llmos"}, inst, True)
+        install.check_install({**ROOT_SYSTEMD, "root": "/root/llmos"}, inst)
 
 
 @pytest.mark.parametrize("root", ["../etc", "/opt/../etc", "/opt/llmos/%i", "relative/x", "/opt/a b",
@@ -66,25 +66,27 @@ def test_a_unit_that_starts_something_else_is_refused(tmp_path: Path, start: str
 
 def test_root_systemd_login_matches_the_unit(tmp_path: Path) -> None:
     b = bundle(tmp_path, UNIT_OPT)
-    assert install.check_install(ROOT_SYSTEMD, install.resolve(b, None, None), True) == []
+    assert install.check_install(ROOT_SYSTEMD, install.resolve(b, None, None)) == []
     moved = install.resolve(b, "/srv/llm", None)
     with pytest.raises(UserError, match="does not look"):
-        install.check_install({**ROOT_SYSTEMD, "root": "/srv/llm"}, moved, True)
+        install.check_install({**ROOT_SYSTEMD, "root": "/srv/llm"}, moved)
     with pytest.raises(UserError, match="the service mode is pidfile"):
-        install.check_install(ROOT_SYSTEMD, install.resolve(b, None, "pidfile"), True)
+        install.check_install(ROOT_SYSTEMD, install.resolve(b, None, "pidfile"))
     with pytest.raises(UserError, match=r"has no systemd/llmos-edge.service"):
-        install.check_install(ROOT_SYSTEMD, install.resolve(bundle(tmp_path / "n", None), None, "systemd"),
-                              True)
+        install.check_install(ROOT_SYSTEMD, install.resolve(bundle(tmp_path / "n", None), None, "systemd"))
 
 
 def test_non_root_login_falls_back_to_pidfile_and_says_so(tmp_path: Path) -> None:
     inst = install.resolve(bundle(tmp_path, UNIT_OPT), None, None)
-    notes = install.check_install(USER_LOGIN, inst, True)
+    notes = install.check_install(USER_LOGIN, inst)
     assert notes and "login is not root" in notes[0] and "pidfile" in notes[0]
     with pytest.raises(UserError, match="--service systemd, but the login is not root"):
-        install.check_install(USER_LOGIN, install.resolve(bundle(tmp_path, UNIT_OPT), None, "systemd"), True)
+        install.check_install(USER_LOGIN, install.resolve(bundle(tmp_path, UNIT_OPT), None, "systemd"))
+    install.check_writable("pi", inst, "1 /opt/llmos\n")
     with pytest.raises(UserError, match="cannot write the install root /opt/llmos"):
-        install.check_install(USER_LOGIN, inst, False)
+        install.check_writable("pi", inst, "0 /opt/llmos\n")
+    with pytest.raises(UserError, match="cannot write the install root /opt/llmos"):
+        install.check_writable("pi", inst, "")  # no answer (the check itself failed) is a no
 
 
 def test_every_shipped_target_root_is_searched_by_device_commands() -> None:
