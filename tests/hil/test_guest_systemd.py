@@ -144,6 +144,7 @@ def test_kill_inside_activate_then_reboot_resolves_the_pending_activation(
     new = bundle_for("2.0.0")
     thread, out = deploy_in_background(dev, new, signing_pair[1])
     phase = kill_activate_when_switched(g, thread)
+    print(f"activate of 2.0.0 SIGKILLed in phase {phase}")
     thread.join(600)
     assert out and out[0].rc != 0, out  # the deploy saw its device-side work die
 
