@@ -230,3 +230,20 @@ def test_hostile_pending_record_is_dropped_not_followed(
 def owner(dev: Device) -> tuple[int, int]:
     info = os.stat(dev.root)
     return info.st_uid, info.st_gid
+
+
+def test_up_to_date_means_committed_and_serving(
+    device: Device, bundle_for: BundleFactory, signing_key: tuple[Path, Path]
+) -> None:
+    """The committed release's runtime died: status says so, and the same deploy starts it again."""
+    pub = signing_key[1]
+    b1 = bundle_for(device, "1.0.0")
+    run_deploy(device, b1, pub)
+    assert run_deploy(device, b1, pub).status == "up-to-date"
+    device.stop_runtime()
+    st = status(device)
+    assert st["current"] == "1.0.0" and st["serving"] is None and st["listening"] is False
+    assert "committed release 1.0.0 is not serving" in st["discrepancy"]
+    report = run_deploy(device, b1, pub)
+    assert report.status == "ok" and any("committed but not serving" in n for n in report.notes)
+    assert_converged(device, "1.0.0")
