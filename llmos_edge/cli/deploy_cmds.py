@@ -228,12 +228,15 @@ def status_cmd(
 ) -> None:
     """What runs on the device: current/previous release, process, lock, failed releases."""
     from ..deploy import commands
+    from ..deploy.run import resolved_note
 
     st = _call(commands.status(_need_device(address), ssh, root))
     if as_json:
         emit_json(st)
         return
     lock = st.get("lock")
+    for note in resolved_note(st.get("resolved")):
+        click.echo(f"note: {note}")
     table(
         f"{st.get('hostname')} ({address})",
         ["field", "value"],
@@ -265,8 +268,11 @@ def rollback_cmd(
 ) -> None:
     """Switch the device back to its previous release and restart it."""
     from ..deploy import commands
+    from ..deploy.run import resolved_note
 
     res = _call(commands.rollback(_need_device(address), ssh, root, to, timeout))
+    for note in resolved_note(res.get("resolved")):
+        click.echo(f"note: {note}")
     click.echo(f"active: {res['active']} (was {res['previous']})")
 
 

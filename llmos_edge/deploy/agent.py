@@ -155,7 +155,7 @@ def read_json(path: str, default: object = None) -> object:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, ValueError, RecursionError):
         return default
 
 
@@ -1237,8 +1237,22 @@ def mark_failed(lay: Layout, version: str, reason: str) -> None:
 
 
 def pending(lay: Layout) -> dict | None:
+    """The activation record, or None; one naming anything but release folders counts as unreadable."""
+    try:
+        if os.path.getsize(lay.st("pending.json")) > 65536:
+            return None
+    except OSError:
+        return None
     rec = read_json(lay.st("pending.json"))
-    return rec if isinstance(rec, dict) and isinstance(rec.get("version"), str) else None
+    if not isinstance(rec, dict) or not _version_name(rec.get("version")):
+        return None
+    if not all(rec.get(k) is None or _version_name(rec.get(k)) for k in ("old", "old_previous")):
+        return None
+    return rec
+
+
+def _version_name(name: object) -> bool:
+    return isinstance(name, str) and safe_relpath(name) and "/" not in name
 
 
 def committed(lay: Layout) -> str | None:
@@ -1362,6 +1376,9 @@ def resolve_pending(lay: Layout) -> dict | None:
     """Finish (smoke again, commit) a switched transaction whose worker died, else revert it."""
     rec = pending(lay)
     if rec is None:
+        if os.path.exists(lay.st("pending.json")):  # unreadable (written atomically, so not by us)
+            audit(lay, "pending_unreadable", current=link_target(lay.current))
+            _clear_pending(lay)
         return None
     version, phase = rec["version"], rec.get("phase")
     lay.latency_scale = float(rec.get("latency_scale", 1.0))

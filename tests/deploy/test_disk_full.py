@@ -131,3 +131,20 @@ def test_disk_full_during_venv_build(
         (root / "filler").unlink()
         assert run_deploy(device, b2, pub, **MARGIN).status == "ok"
         assert answer(device)["dep"] == "2.0" and device.current() == "2.0.0"
+
+
+def test_out_of_memory_at_start_is_a_resource_error_not_a_failed_release(
+    device: Device, bundle_for: BundleFactory, signing_key: tuple[Path, Path]
+) -> None:
+    """The new runtime cannot allocate its memory (a real MemoryError): reported as memory, exit 3,
+    not marked failed (a retry after freeing memory is allowed), the old release serves again."""
+    pub = signing_key[1]
+    run_deploy(device, bundle_for(device, "1.0.0"), pub)
+    with pytest.raises(AgentFailed) as info:
+        run_deploy(device, bundle_for(device, "2.0.0", seed=2, behaviour="oom"), pub, smoke_timeout=5)
+    exc = info.value
+    assert exc.rc == RC_RESOURCE and exc.exit_code == 3 and "memory" in exc.message
+    assert any("ran out of memory" in h for h in exc.hints) and exc.payload["restored"] == "1.0.0"
+    assert device.current() == "1.0.0" and device.serving() == "1.0.0"
+    failed = device.state("failed.json")
+    assert not failed.exists() or "2.0.0" not in json.loads(failed.read_text())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,50 @@ def test_failing_smoke_marks_failed_and_keeps_old(
     st = status(device)
     assert (st["current"], st["serving"], st["previous"]) == ("1.1.0", "1.1.0", "1.0.0")
     assert not device.state("pending.json").exists()
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        b"{{{",
+        b"[" * 60_000,
+        b" " * 70_000 + b"{}",
+        json.dumps({"version": "../../etc", "old": "1.0.0", "phase": "switch"}).encode(),
+        json.dumps({"version": "2.0.0", "old": "../x", "old_previous": None, "phase": "switch"}).encode(),
+        json.dumps({"version": ["2.0.0"], "old": "1.0.0"}).encode(),
+    ],
+    ids=["torn", "deep", "oversize", "version-escape", "old-escape", "not-a-name"],
+)
+def test_hostile_pending_record_is_dropped_not_followed(
+    device: Device, bundle_for: BundleFactory, signing_key: tuple[Path, Path], record: bytes
+) -> None:
+    """A pending record the agent did not write (it writes atomically) moves nothing: dropped, audited."""
+    run_deploy(device, bundle_for(device, "1.0.0"), signing_key[1])
+    path = device.state("pending.json")
+    path.write_bytes(record)
+    os.chown(path, *owner(device))
+    st = status(device)
+    assert (st["current"], st["serving"], st["pending"], st["discrepancy"]) == ("1.0.0", "1.0.0", None, None)
+    assert not path.exists() and audit(device)[-1]["event"] == "pending_unreadable"
+
+
+def owner(dev: Device) -> tuple[int, int]:
+    info = os.stat(dev.root)
+    return info.st_uid, info.st_gid
+
+
+def test_up_to_date_means_committed_and_serving(
+    device: Device, bundle_for: BundleFactory, signing_key: tuple[Path, Path]
+) -> None:
+    """The committed release's runtime died: status says so, and the same deploy starts it again."""
+    pub = signing_key[1]
+    b1 = bundle_for(device, "1.0.0")
+    run_deploy(device, b1, pub)
+    assert run_deploy(device, b1, pub).status == "up-to-date"
+    device.stop_runtime()
+    st = status(device)
+    assert st["current"] == "1.0.0" and st["serving"] is None and st["listening"] is False
+    assert "committed release 1.0.0 is not serving" in st["discrepancy"]
+    report = run_deploy(device, b1, pub)
+    assert report.status == "ok" and any("committed but not serving" in n for n in report.notes)
+    assert_converged(device, "1.0.0")
