@@ -107,7 +107,7 @@ def deploy_in_background(dev: HilDevice, bundle: Path, pub: Path) -> tuple[threa
     return t, out
 
 
-@pytest.mark.timeout(2400, func_only=True)  # measured 705 s loaded: see ci/README.md (HIL timings)
+@pytest.mark.timeout(2400, func_only=True)  # measured 602-705 s: see ci/README.md (HIL timings)
 def test_default_root_deploy_serves_the_committed_release_after_reboot(
         systemd_guest: QemuGuest, root_device: HilDevice, bundle_for: BundleFactory,
         signing_pair: tuple[Path, Path]) -> None:
