@@ -151,6 +151,9 @@ def load_target(name: str) -> Target:
     platform = raw.get("platform")
     if isinstance(platform, dict) and platform.get("arch") == "native":
         platform["arch"] = _NATIVE_ARCH.get(_platform.machine().lower(), _platform.machine())
+        libc, version = _platform.libc_ver()
+        if libc == "glibc" and version and "libc_min" not in platform:
+            platform["libc_min"] = version  # this machine's glibc: its wheel tags derive from it
     raw["source_file"] = str(files[name])
     return validate(Target, raw, files[name])
 

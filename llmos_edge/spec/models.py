@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .wheeltags import manylinux_platforms
+
 SCHEMA_VERSION = 1
 
 Arch = Literal["x86_64", "aarch64", "armv7l", "xtensa"]
@@ -36,7 +38,15 @@ class Platform(_Frozen):
     libc: Literal["glibc", "musl", "none"] = "glibc"
     libc_min: str | None = Field(default=None, description="oldest glibc the device runs, e.g. 2.36")
     python: str | None = Field(default="3.11", description="device Python major.minor; None on MCUs")
-    wheel_platforms: tuple[str, ...] = ()
+    wheel_platforms: tuple[str, ...] = Field(
+        default=(), description="pip platforms of the offline wheels; default: derived from libc_min")
+
+    @model_validator(mode="after")
+    def _derive_wheel_platforms(self) -> Platform:
+        """Hand-written lists missed tags (manylinux_2_27): derive every tag the device's glibc accepts."""
+        if not self.wheel_platforms and self.libc == "glibc" and self.libc_min and self.arch != "xtensa":
+            object.__setattr__(self, "wheel_platforms", manylinux_platforms(self.arch, self.libc_min))
+        return self
 
 
 class Accelerator(_Frozen):
