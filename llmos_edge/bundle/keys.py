@@ -39,6 +39,7 @@ def generate_keys(out_prefix: Path, *, device: bool = False, force: bool = False
                                             serialization.PublicFormat.SubjectPublicKeyInfo)
     _write_private(priv_path, priv_pem)
     atomic_write_bytes(pub_path, pub_pem)
+    pub_path.chmod(0o644)  # public by nature: others verify with it
     return priv_path, pub_path
 
 
@@ -70,6 +71,9 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from .keyplace import check_private_key_place
+
+    check_private_key_place(path)
     try:
         key = serialization.load_pem_private_key(_read(path, "signing key"), password=None)
     except ValueError as exc:

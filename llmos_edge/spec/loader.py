@@ -7,7 +7,6 @@ them is looking at the file, not at our code.
 from __future__ import annotations
 
 import platform as _platform
-import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import SpecError, UserError
 from ..paths import search_dirs
+from .limits import read_toml
 from .models import SCHEMA_VERSION, Recipe, Target
 
 M = TypeVar("M", bound=BaseModel)
@@ -32,18 +32,7 @@ def _files(kind: str) -> dict[str, Path]:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(
-            str(path),
-            "(file)",
-            f"malformed TOML: {exc}",
-            hints=["fix the syntax; see docs/spec.md for examples"],
-        ) from exc
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from exc
+    return read_toml(path)
 
 
 def _check_version(path: Path, raw: dict[str, Any]) -> None:
