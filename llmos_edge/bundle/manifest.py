@@ -70,6 +70,12 @@ def parse(data: bytes, where: Path) -> dict[str, Any]:
     return raw
 
 
+def bad_relpath(rel: str) -> bool:
+    """A listed path that could point outside the bundle, or over its manifest/signature."""
+    return (not rel or rel.startswith("/") or "\\" in rel or "\0" in rel
+            or any(x in ("..", ".", "") for x in rel.split("/")) or rel in NOT_IN_FILES)
+
+
 def _is_entry(value: Any) -> bool:
     size, digest = (value.get("size"), value.get("sha256")) if isinstance(value, dict) else (None, None)
     return (isinstance(digest, str) and _SHA256.fullmatch(digest) is not None

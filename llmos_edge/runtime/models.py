@@ -173,6 +173,7 @@ class ModelManager:
             release_model_dir(model_dir, entry.path)
             msg = str(exc) if isinstance(exc, RuntimeFailure) else f"model {entry.id!r} failed to load: {exc}"
             raise ApiError(503, msg, type="server_error", code="model_load_failed") from exc
+        release_model_dir(model_dir, entry.path)  # decrypted weights: unlinked once the engine holds them
         return _Loaded(engine, desc, need, time.time(), model_dir, entry.path, rss_mb() - before)
 
     def _unload(self, model_id: str) -> None:
