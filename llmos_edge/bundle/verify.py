@@ -95,8 +95,11 @@ def _check_trust(folder: Path, data: bytes, sig: bytes | None, raw: dict[str, ob
     if not has_sig:
         raise CheckFailed(f"bundle {folder} is not signed ({mf.SIGNATURE} is missing); refusing it",
                           hints=["build it with --sign-key KEY", "or pass --allow-unsigned (recorded)"])
+    from .keyplace import KEY_NAME, config_dir, public_of
+
     raise CheckFailed("no public key given to verify the bundle's signature; refusing to trust it",
                       hints=["pass --key PUB (the .pub from `llmos-edge keys generate`)",
+                             f"serve/run/smoke/verify also look for {public_of(config_dir() / KEY_NAME)}",
                              "or pass --allow-unsigned to accept it unverified (recorded)"])
 
 
