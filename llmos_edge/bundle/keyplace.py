@@ -27,7 +27,7 @@ def config_dir() -> Path:
 
 
 def legacy_key_path() -> Path:
-    """Where releases before 0.2 put the key: derived from the cache folder (wrong, kept to warn)."""
+    """Where earlier versions put the key: derived from the cache folder (wrong, kept to warn)."""
     return cache_root().parent.parent / ".config" / "llmos-edge" / KEY_NAME
 
 
