@@ -82,11 +82,16 @@ def check_private_key_place(path: Path) -> None:
         raise UserError(f"private key {path} is readable or writable by others "
                         f"(mode {stat.S_IMODE(st.st_mode):o}); refusing to use it",
                         hints=[f"chmod 600 {path}", "and consider the key leaked if others could read it"])
+    check_folder_place(path)
+
+
+def check_folder_place(path: Path) -> None:
+    """The key's folder and its ancestors: nobody else may write there (and so swap the key)."""
     for folder in [path.absolute().parent, *path.absolute().parent.parents]:
         problem = _folder_problem(folder, folder == path.absolute().parent)
         if problem:
             raise UserError(f"private key {path} lies in {folder}, which {problem}; anyone there could "
-                            "swap the key", hints=[f"move it into {config_dir()} (mode 700)",
+                            "swap the key", hints=[f"keep keys in {config_dir()} (mode 700)",
                                                   f"or fix the folder: chmod go-w {folder}"])
 
 

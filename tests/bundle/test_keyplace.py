@@ -94,3 +94,12 @@ def test_signing_via_env_key_checked_too(tmp_path: Path, monkeypatch: pytest.Mon
     key.chmod(0o644)
     with pytest.raises(UserError):
         load_signing_key(default_signing_key())
+
+
+def test_generate_refuses_a_writable_folder(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with pytest.raises(UserError, match="others can write to"):
+        generate_keys(shared / "release")
+    assert list(shared.iterdir()) == []
