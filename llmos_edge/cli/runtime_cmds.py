@@ -46,10 +46,7 @@ class Trust:
         if is_model_dir(path):
             return path  # a bare model folder from a build stage: no manifest to check, no config to trust
         if path.is_dir() and not any((path / n).exists() for n in ("manifest.json", "config")):
-            raise UserError(
-                f"{path} is neither a bundle (config/runtime.json) nor a model dir (llmos_model.json)",
-                hints=["pass the output folder of `llmos-edge build`, or its .tar.gz image"],
-            )
+            raise _not_a_bundle(path)
         from ..bundle.keyplace import default_public_key
         from ..bundle.verify import verify_bundle
 
@@ -58,6 +55,11 @@ class Trust:
             click.echo(f"WARNING: bundle {path} is NOT signature-checked; loading it because "
                        "--allow-unsigned was given (recorded)", err=True)
         return manifest.folder
+
+
+def _not_a_bundle(path: Path) -> UserError:
+    return UserError(f"{path} is neither a bundle (config/runtime.json) nor a model dir (llmos_model.json)",
+                     hints=["pass the output folder of `llmos-edge build`, or its .tar.gz image"])
 
 
 def is_model_dir(path: Path) -> bool:
@@ -85,10 +87,7 @@ def config_of(folders: list[Path], device_key: Path | None) -> RuntimeConfig:
         elif (p / "llmos_model.json").is_file():
             configs.append(config_for_model_dirs([p]))
         else:
-            raise UserError(
-                f"{p} is neither a bundle (config/runtime.json) nor a model dir (llmos_model.json)",
-                hints=["pass the output folder of `llmos-edge build`, or its .tar.gz image"],
-            )
+            raise _not_a_bundle(p)
     models = tuple(m for c in configs for m in c.models)
     ids = [m.id for m in models]
     if len(set(ids)) != len(ids):
