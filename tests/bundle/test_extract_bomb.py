@@ -161,3 +161,41 @@ def test_killed_extraction_leftovers_are_swept(tmp_path: Path) -> None:
     folder = open_bundle(img)
     assert (folder / "a.txt").read_bytes() == data
     assert not stale.exists() and live.exists()  # a running extraction (this pid) is left alone
+
+
+def test_kill_9_mid_extraction_leaves_no_finished_looking_folder(tmp_path: Path) -> None:
+    """A real kill -9 while 128 MiB stream out: no bundles/<sha> appears; the next open sweeps the
+    partial folder and extracts the image in full."""
+    import signal
+    import time
+
+    size = 128 << 20
+    zeros = hashlib.sha256()
+    for _ in range(size >> 20):
+        zeros.update(bytes(1 << 20))
+    man = _manifest({"models/m/w.bin": (zeros.hexdigest(), size)})
+    img = tmp_path / "big.tar.gz"
+    with open(img, "wb") as f:
+        f.write(gzip.compress(_header("manifest.json", len(man)) + man + bytes((-len(man)) % 512), mtime=0))
+        f.write(gzip.compress(_header("models/m/w.bin", size), mtime=0))
+        for _ in range(size >> 20):
+            f.write(_MIB_OF_ZEROS)
+        f.write(gzip.compress(bytes(1024), mtime=0))
+    cache = tmp_path / "cache"
+    env = {**os.environ, "LLMOS_EDGE_CACHE": str(cache)}
+    code = f"import pathlib, llmos_edge.bundle as b; b.open_bundle(pathlib.Path({str(img)!r}))"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    deadline = time.monotonic() + 60
+    partial: list[Path] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        partial = [p for p in (cache / "bundles").glob(".*.partial/models/m/w.bin") if p.stat().st_size > 0]
+        if partial:
+            break
+        time.sleep(0.01)
+    assert partial, "the extraction finished before it could be killed; make the image bigger"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert [p.name for p in (cache / "bundles").iterdir() if not p.name.startswith(".")] == []
+    folder = open_bundle(img)
+    assert (folder / "models" / "m" / "w.bin").stat().st_size == size
+    assert [p.name for p in (cache / "bundles").iterdir()] == [folder.name]  # the partial was swept
