@@ -86,3 +86,11 @@ def test_execstartpre_injection_never_reaches_the_unit(tmp_path: Path) -> None:
     p = _cli("targets", "show", "evil", env={"LLMOS_EDGE_TARGETS_PATH": str(tmp_path)})
     assert p.returncode == 2 and "install.user" in p.stderr and "is not a user name" in p.stderr
     assert not Path("/tmp/pwned").exists()
+
+
+def test_deep_recipe_exit_2(tmp_path: Path) -> None:
+    nest = "[" * DEEP + "]" * DEEP
+    (tmp_path / "deep.toml").write_text(f'schema_version = 1\ntask = "text-generation"\nx = {nest}\n')
+    p = _cli("recipes", "show", "deep", env={"LLMOS_EDGE_RECIPES_PATH": str(tmp_path)})
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "deep.toml" in p.stderr and "nests brackets" in p.stderr and "Traceback" not in p.stderr
