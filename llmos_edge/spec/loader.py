@@ -18,6 +18,7 @@ from .limits import read_toml
 from .models import SCHEMA_VERSION, Recipe, Target
 
 M = TypeVar("M", bound=BaseModel)
+MAX_EVALUATION_BYTES = 64 << 20
 _NATIVE_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
@@ -168,7 +169,14 @@ def _inline_evaluation(raw: dict[str, Any], path: Path) -> None:
         eval_path = (path.parent / rel).resolve()
         if not eval_path.is_file():
             raise SpecError(str(path), "evaluation_file", f"{eval_path} does not exist")
-        raw["evaluation_text"] = eval_path.read_text(encoding="utf-8")
+        if eval_path.stat().st_size > MAX_EVALUATION_BYTES:
+            raise SpecError(str(path), "evaluation_file",
+                            f"{eval_path} is over {MAX_EVALUATION_BYTES >> 20} MiB",
+                            hints=["a few hundred KiB of text measure perplexity well"])
+        try:
+            raw["evaluation_text"] = eval_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise SpecError(str(path), "evaluation_file", f"{eval_path} is not UTF-8 text: {exc}") from exc
 
 
 def _resolve_local_paths(raw: dict[str, Any], path: Path) -> None:

@@ -94,3 +94,21 @@ def test_deep_recipe_exit_2(tmp_path: Path) -> None:
     p = _cli("recipes", "show", "deep", env={"LLMOS_EDGE_RECIPES_PATH": str(tmp_path)})
     assert p.returncode == 2, p.stderr[-2000:]
     assert "deep.toml" in p.stderr and "nests brackets" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("content, needle", [(b"\xff\xfe not text", "not UTF-8"), (None, "is over 64 MiB")])
+def test_evaluation_file_checked(tmp_path: Path, content: bytes | None, needle: str) -> None:
+    from llmos_edge import spec
+
+    ev = tmp_path / "eval.txt"
+    if content is None:
+        with open(ev, "wb") as f:  # sparse: 65 MiB without writing them
+            f.truncate(65 << 20)
+    else:
+        ev.write_bytes(content)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('schema_version = 1\ntask = "text-generation"\nevaluation_file = "eval.txt"\n'
+                      '[source]\nkind = "gguf"\npath = "m.gguf"\n')
+    with pytest.raises(SpecError, match=needle) as info:
+        spec.load_recipe(str(recipe))
+    assert info.value.field == "evaluation_file"
