@@ -217,6 +217,12 @@ def _plaintext_dir() -> Path:
     return out
 
 
+def sweep_at_start() -> list[Path]:
+    """Called when a runtime starts: remove decrypted copies that killed runtimes left behind."""
+    base = Path(os.environ.get(DIR_ENV) or "/dev/shm")
+    return sweep_stale(base) if base.is_dir() and is_memory_backed(base) else []
+
+
 def sweep_stale(base: Path) -> list[Path]:
     """Remove folders a killed runtime left (named llmos-model-<pid>-*, that pid gone, ours)."""
     removed = []

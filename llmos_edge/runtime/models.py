@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from .config import ModelEntry, RuntimeConfig
-from .descriptor import ModelDescriptor, prepare_model_dir, read_descriptor, release_model_dir, weight_bytes
+from .descriptor import (
+    ModelDescriptor,
+    prepare_model_dir,
+    read_descriptor,
+    release_model_dir,
+    sweep_decrypted,
+    weight_bytes,
+)
 from .engines import EngineOptions, create_engine
 from .errors import ApiError, ConfigError, RuntimeFailure
 
@@ -61,6 +68,7 @@ class ModelManager:
         self._descriptors: dict[str, ModelDescriptor] = {}
         self.evictions = 0
         self.options = EngineOptions(tuple(config.execution_providers), config.threads)
+        sweep_decrypted()
 
     def descriptor(self, model_id: str) -> ModelDescriptor:
         """Descriptor without loading weights (task checks, /v1/models)."""

@@ -128,9 +128,9 @@ def test_sigkill_leaves_no_plaintext(sealed_model: tuple[Path, Path], decoder_di
     assert list(decrypt_dir.iterdir()) == []
 
 
-def test_stale_copies_of_dead_runtimes_are_swept_at_next_load(sealed_model: tuple[Path, Path], tmp_path: Path,
+def test_stale_copies_of_dead_runtimes_are_swept_at_start(sealed_model: tuple[Path, Path], tmp_path: Path,
                                                           decrypt_dir: Path) -> None:
-    """A kill during loading leaves llmos-model-<pid>-*; the next load removes those of dead pids."""
+    """A kill during loading leaves llmos-model-<pid>-*; the next start removes those of dead pids."""
     model, priv = sealed_model
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -141,6 +141,7 @@ def test_stale_copies_of_dead_runtimes_are_swept_at_next_load(sealed_model: tupl
     alive.mkdir()
     url, proc = _serve_encrypted(model, priv, tmp_path, decrypt_dir)
     try:
+        assert not stale.exists()  # gone at start, before any model was loaded
         assert http("POST", url + "/v1/chat/completions", chat("dec", max_tokens=2)).status == 200
     finally:
         proc.send_signal(signal.SIGTERM)
