@@ -67,6 +67,9 @@ def parse(data: bytes, where: Path) -> dict[str, Any]:
     files = raw.get("files")
     if not isinstance(files, dict) or not all(_is_entry(v) for v in files.values()):
         raise CheckFailed(f"{where}: 'files' must map paths to {{sha256, size}}")
+    if not all(isinstance(raw.get(k), str) and raw[k] for k in ("name", "bundle_version")):
+        raise CheckFailed(f"{where}: 'name' and 'bundle_version' must be non-empty strings",
+                          hints=["the bundle is damaged or was not written by `llmos-edge build`"])
     return raw
 
 

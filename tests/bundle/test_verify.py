@@ -221,3 +221,13 @@ def test_manifest_entry_shape_checked(copy: tuple[Path, Path], entry: dict[str, 
     raw["files"]["config/runtime.json"] = entry
     (folder / "manifest.json").write_text(json.dumps(raw))
     _fails(folder, pub, "'files' must map paths")
+
+
+def test_manifest_without_name_refused_not_a_crash(copy: tuple[Path, Path]) -> None:
+    """An unsigned manifest with no name once crashed the --allow-unsigned record (KeyError)."""
+    folder, _ = copy
+    raw = json.loads((folder / "manifest.json").read_text())
+    del raw["name"]
+    (folder / "manifest.json").write_text(json.dumps(raw))
+    (folder / "manifest.sig").unlink()
+    _fails(folder, None, "'name' and 'bundle_version' must be non-empty strings", allow_unsigned=True)
