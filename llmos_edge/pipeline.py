@@ -8,7 +8,6 @@ build report, so CI scripts and the CLI share one code path.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import Any
 from . import spec
 from .errors import UserError
 from .fsutil import atomic_dir, atomic_write_text, ensure_free_space
-from .paths import cache_root
 from .plan import BuildPlan, make_plan
 from .spec.models import Format, Quant
 
@@ -48,18 +46,10 @@ def plan(
 
 
 def default_signing_key() -> Path:
-    """Bundles are signed by default; the first build makes a local key and says where it is."""
-    configured = os.environ.get("LLMOS_EDGE_SIGNING_KEY")
-    if configured:
-        return Path(configured)
-    key = cache_root().parent.parent / ".config" / "llmos-edge" / "signing.key"
-    if os.environ.get("XDG_CONFIG_HOME"):
-        key = Path(os.environ["XDG_CONFIG_HOME"]) / "llmos-edge" / "signing.key"
-    if not key.exists():
-        from .bundle import generate_keys
+    """Bundles are signed by default; the first build makes a key in the config folder and says where."""
+    from .bundle.keyplace import default_signing_key as _default
 
-        generate_keys(key.with_suffix(""))
-    return key
+    return _default()
 
 
 def build(

@@ -97,6 +97,15 @@ def release_model_dir(prepared: Path, original: Path) -> None:
     crypto.release_model_dir(Path(prepared))
 
 
+def sweep_decrypted() -> None:
+    """At start: remove decrypted copies that killed runtimes of this user left on tmpfs."""
+    try:
+        from . import crypto  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return
+    crypto.sweep_at_start()
+
+
 def weight_bytes(model_dir: Path) -> int:
     """Size of the files that end up in memory (graph + weights)."""
     exts = (".onnx", ".data", ".tflite", ".bin", ".enc")

@@ -7,7 +7,6 @@ them is looking at the file, not at our code.
 from __future__ import annotations
 
 import platform as _platform
-import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,9 +14,11 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import SpecError, UserError
 from ..paths import search_dirs
+from .limits import read_toml
 from .models import SCHEMA_VERSION, Recipe, Target
 
 M = TypeVar("M", bound=BaseModel)
+MAX_EVALUATION_BYTES = 64 << 20
 _NATIVE_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
@@ -32,18 +33,7 @@ def _files(kind: str) -> dict[str, Path]:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(
-            str(path),
-            "(file)",
-            f"malformed TOML: {exc}",
-            hints=["fix the syntax; see docs/spec.md for examples"],
-        ) from exc
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from exc
+    return read_toml(path)
 
 
 def _check_version(path: Path, raw: dict[str, Any]) -> None:
@@ -182,7 +172,14 @@ def _inline_evaluation(raw: dict[str, Any], path: Path) -> None:
         eval_path = (path.parent / rel).resolve()
         if not eval_path.is_file():
             raise SpecError(str(path), "evaluation_file", f"{eval_path} does not exist")
-        raw["evaluation_text"] = eval_path.read_text(encoding="utf-8")
+        if eval_path.stat().st_size > MAX_EVALUATION_BYTES:
+            raise SpecError(str(path), "evaluation_file",
+                            f"{eval_path} is over {MAX_EVALUATION_BYTES >> 20} MiB",
+                            hints=["a few hundred KiB of text measure perplexity well"])
+        try:
+            raw["evaluation_text"] = eval_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise SpecError(str(path), "evaluation_file", f"{eval_path} is not UTF-8 text: {exc}") from exc
 
 
 def _resolve_local_paths(raw: dict[str, Any], path: Path) -> None:

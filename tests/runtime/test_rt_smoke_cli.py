@@ -15,9 +15,19 @@ from typing import Any
 
 import pytest
 
-from .rt_helpers import chat, http
+from .rt_helpers import chat, http, seal
 
 PY = sys.executable
+
+
+@pytest.fixture(autouse=True)
+def _default_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Bundles here are signed with the user's default key, so `serve/run/smoke B` verify as typed."""
+    from llmos_edge.bundle.keyplace import default_signing_key
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("LLMOS_EDGE_SIGNING_KEY", raising=False)
+    return default_signing_key()
 
 
 def _bundle(root: Path, decoder_dir: Path, golden: dict[str, Any]) -> Path:
@@ -37,7 +47,9 @@ def _bundle(root: Path, decoder_dir: Path, golden: dict[str, Any]) -> Path:
     )
     (root / "smoke").mkdir()
     (root / "smoke" / "golden.json").write_text(json.dumps(golden))
-    return root
+    from llmos_edge.bundle.keyplace import default_signing_key
+
+    return seal(root, default_signing_key())
 
 
 GOOD = {
