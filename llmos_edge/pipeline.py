@@ -1,7 +1,7 @@
 """`llmos_edge.build()`: recipe + target -> quality-checked model -> signed device bundle.
 
-The model half (toolchains, export, quantization, quality gate, stage cache) lives in
-build_model.py; the bundle half in bundle/. This module only sequences them and writes the
+The model half (toolchains, export, quantization, quality gate, stage cache) lives in the
+build_model package; the bundle half in bundle/. This module only sequences them and writes the
 build report, so CI scripts and the CLI share one code path.
 """
 
@@ -19,7 +19,8 @@ from .errors import UserError
 from .fsutil import atomic_dir, atomic_write_text, ensure_free_space
 from .paths import cache_root
 from .plan import BuildPlan, make_plan
-from .spec.models import Format, Quant
+from .spec.models import Format, Quant, Recipe
+from .stages import probe
 
 DEFAULT_TARGET = "host"
 DEFAULT_RECIPE = "smollm2-135m-instruct"
@@ -43,8 +44,25 @@ def plan(
     quant: Quant | None = None,
     format: Format | None = None,
 ) -> BuildPlan:
-    """Resolve a build without running it; raises UserError for builds that cannot fit or run."""
-    return make_plan(spec.load_target(target), spec.load_recipe(recipe), quant=quant, format=format)
+    """Resolve a build without running it; raises UserError for builds that cannot fit or run.
+
+    Reads what plan-time refusals need and nothing more: the source's kind and architecture
+    (config.json or the GGUF header) and whether this host can run the format's quality gate.
+    """
+    the_target, the_recipe = spec.load_target(target), spec.load_recipe(recipe)
+    base = recipe_dir(the_recipe)
+    probe.check_source_kind(the_recipe.source, base)
+    arch = probe.read_architecture(the_recipe.source, base)
+    the_plan = make_plan(
+        the_target, the_recipe, quant=quant, format=format, architecture=arch.name if arch else None
+    )
+    probe.check_host(the_plan.exporter)
+    return the_plan
+
+
+def recipe_dir(recipe: Recipe) -> Path | None:
+    """Relative source paths resolve against the recipe file's folder."""
+    return Path(recipe.source_file).parent if recipe.source_file else None
 
 
 def default_signing_key() -> Path:
@@ -88,7 +106,13 @@ def build(
     key = None if unsigned else (signing_key or default_signing_key())
     with atomic_dir(out.resolve()) as tmp:
         bundle = _make_bundle(
-            the_plan, model, tmp, key=key, wheels=wheels, encrypt_for=encrypt_for, version=version,
+            the_plan,
+            model,
+            tmp,
+            key=key,
+            wheels=wheels,
+            encrypt_for=encrypt_for,
+            version=version,
             use_cache=not no_cache,
         )
         firmware = _maybe_firmware(the_plan, tmp, version)
