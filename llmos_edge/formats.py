@@ -136,13 +136,13 @@ _TFLITE_ENGINE = (
     "runtime/chat.py",
     "runtime/sampling.py",
     "runtime/errors.py",
+    "runtime/crypto.py",
 )
 _TFLITE_WORKERS = ("toolchains/workers/tflite_export.py", "toolchains/workers/tflite_common.py", _CONTRACT)
 _TFLITE_EXPORT = (
     "build_model/tflite.py",
     _RUN,
     "stages/tflite.py",
-    "stages/export.py",
     "stages/model_dir.py",
     *_TFLITE_WORKERS,
 )

@@ -7,10 +7,11 @@ from typing import Any
 
 import click
 
+from ..formats import FORMATS, QUANTS
 from .output import emit_json, json_option, table
 
-_QUANTS = click.Choice(["fp32", "fp16", "int8", "int4"])
-_FORMATS = click.Choice(["onnx-genai", "onnx", "tflite"])
+_QUANTS = click.Choice(QUANTS)
+_FORMATS = click.Choice(FORMATS)
 
 
 def _target_recipe(fn: Any) -> Any:
