@@ -35,6 +35,7 @@ class BuildResult:
     bundle_dir: Path
     image: Path
     report: dict[str, Any]
+    signing_key: Path | None = None  # the private key that signed the image (None: --unsigned)
 
 
 def plan(
@@ -127,6 +128,7 @@ def build(
         bundle_dir=bundle_dir,
         image=final / bundle.image.name,
         report=report,
+        signing_key=key.resolve() if key else None,
     )
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import SpecError, UserError
 from ..paths import search_dirs
 from .models import SCHEMA_VERSION, Recipe, Target
+from .names import own_aliases, resolve_target_name
 
 M = TypeVar("M", bound=BaseModel)
 _NATIVE_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
@@ -141,7 +142,9 @@ def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 def load_target(name: str) -> Target:
     files = _files("targets")
+    name = resolve_target_name(name, files)
     raw = _resolve_extends("targets", name, files)
+    raw["aliases"] = list(own_aliases(files[name]))  # an alias names one file: never inherited
     if raw.get("abstract"):
         raise UserError(
             f"target {name!r} is an abstract base for `extends`, not a device you can build for",

@@ -105,6 +105,7 @@ class Esp32(_Frozen):
 class Target(_Frozen):
     schema_version: Literal[1]
     name: str
+    aliases: tuple[str, ...] = Field(default=(), description="other names --target accepts (not inherited)")
     description: str = ""
     abstract: bool = Field(default=False, description="a base for `extends`, not buildable itself")
     platform: Platform
