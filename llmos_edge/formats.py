@@ -250,6 +250,23 @@ def stage_code_union() -> dict[str, tuple[str, ...]]:
     return {stage: tuple(sorted(files)) for stage, files in sorted(out.items())}
 
 
+def markdown() -> str:
+    """The formats and architectures tables of docs/spec.md (a test keeps the doc equal to this)."""
+    lines = [
+        "| format | task | toolchain | stages | context cap | quants | runtime |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in EXPORTERS:
+        stages = " → ".join(e.stages(quant="int8", gguf_source=True))
+        cap = str(e.context_cap) if e.context_cap else "recipe's"
+        cells = (e.format, e.task, e.toolchain, stages, cap, ", ".join(e.quants), e.runtime)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| format | task | architecture | config `model_type` / GGUF `general.architecture` |"]
+    lines.append("|---|---|---|---|")
+    lines += [f"| {f} | {t} | {c} | {m} |" for f, t, c, m in architecture_table()]
+    return "\n".join(lines) + "\n"
+
+
 def architecture_table() -> list[tuple[str, str, str, str]]:
     """(format, task, HF class, model types) rows, for docs/spec.md and `recipes check`."""
     return [
