@@ -12,15 +12,19 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import spec
 from .errors import UserError
 from .fsutil import atomic_dir, atomic_write_text, ensure_free_space
 from .paths import cache_root
 from .plan import BuildPlan, make_plan
-from .spec.models import Format, Quant, Recipe
+from .spec.models import Format, Quant, Recipe, Target
 from .stages import probe
+
+if TYPE_CHECKING:
+    from .build_model import ModelBuild
+    from .bundle.spec import BundleResult
 
 DEFAULT_TARGET = "host"
 DEFAULT_RECIPE = "smollm2-135m-instruct"
@@ -140,7 +144,7 @@ def _needed_bytes(the_plan: BuildPlan) -> int:
 
 def _make_bundle(
     the_plan: BuildPlan,
-    model: Any,
+    model: ModelBuild,
     out: Path,
     *,
     key: Path | None,
@@ -148,7 +152,7 @@ def _make_bundle(
     encrypt_for: Path | None,
     version: str,
     use_cache: bool = True,
-) -> Any:
+) -> BundleResult:
     from .bundle import BundleSpec, make_bundle
 
     spec_ = BundleSpec(
@@ -168,12 +172,13 @@ def _make_bundle(
     return make_bundle(spec_, out, use_cache=use_cache)
 
 
-def _runtime_target(the_plan: BuildPlan) -> Any:
+def _runtime_target(the_plan: BuildPlan) -> Target:
     """For host-offload targets the bundle runs on the host the chip is attached to (+ the bridge)."""
     if the_plan.target.bundle_kind == "esp32s3-host-offload" and the_plan.target.esp32 is not None:
         from .esp32.hostpkg import host_bundle_target
 
-        return host_bundle_target(the_plan.target)
+        host: Target = host_bundle_target(the_plan.target)
+        return host
     return the_plan.target
 
 
@@ -194,7 +199,7 @@ def _maybe_firmware(the_plan: BuildPlan, out: Path, version: str) -> dict[str, A
 def _report(
     the_plan: BuildPlan,
     model_report: dict[str, Any],
-    bundle: Any,
+    bundle: BundleResult,
     firmware: dict[str, Any] | None,
     key: Path | None,
     seconds: float,

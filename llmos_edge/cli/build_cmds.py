@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -17,7 +18,10 @@ _QUANTS = click.Choice(QUANTS)
 _FORMATS = click.Choice(FORMATS)
 
 
-def _target_recipe(fn: Any) -> Any:
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def _target_recipe(fn: F) -> F:
     fn = click.option(
         "--recipe",
         "-r",
@@ -170,7 +174,7 @@ def cache_ls(as_json: bool) -> None:
     table(
         "stage cache",
         ["stage", "key", "MB", "last used"],
-        [(e.stage, e.key[:16], f"{e.size_bytes / 1e6:.1f}", _ago(e.last_used)) for e in entries],
+        [(e.stage, e.key, f"{e.size_bytes / 1e6:.1f}", _ago(e.last_used)) for e in entries],
     )
 
 
