@@ -120,6 +120,15 @@ def test_backends_and_toolchains_exist() -> None:
         assert e.architectures, f"{e.key} lists no supported architecture"
 
 
+def test_tflite_stage_quants_match_the_table() -> None:
+    from llmos_edge.stages import tflite
+
+    for task in ("text-generation", "feature-extraction"):
+        e = formats.find("tflite", task)
+        assert e is not None and set(e.quants) <= set(tflite.QUANTS)
+    assert "int4" not in formats.find("tflite", "feature-extraction").quants  # type: ignore[union-attr]
+
+
 def test_cli_choices_come_from_the_table() -> None:
     from llmos_edge.cli import build_cmds
 
