@@ -37,10 +37,16 @@ class SourceArchitecture:
 
 
 def source_path(source: Source, base_dir: Path | None) -> Path | None:
-    """The local file or folder the source names, if one is already on disk (never downloads)."""
+    """The local file or folder the source names, if one is already on disk (never downloads).
+
+    An `hf` model missing from the local Hugging Face cache can never be fetched: refused here."""
     if source.kind in ("gguf", "local") and source.path:
         p = Path(source.path).expanduser()
         return p if p.is_absolute() or base_dir is None else base_dir / p
+    if source.kind == "hf" and source.id:
+        from .source import hf_cache_snapshot
+
+        return hf_cache_snapshot(source.id, source.revision)  # not cached: refused now, with the fix
     if source.kind == "pypi" and source.sha256 and source.member:
         name = Path(source.member).name
         extracted = cache_root() / "stages" / "source" / source.sha256[:24] / name.removesuffix(".zip")

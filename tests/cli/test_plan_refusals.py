@@ -228,3 +228,20 @@ def test_recipes_check_shipped_recipes(recipe: str, target: str) -> None:
     assert data["architecture"] in ("llama", "BertModel") or data["architecture"].startswith(
         "unknown until fetch"
     )
+
+
+def test_hf_source_read_from_the_local_cache_or_refused(tmp_path: Path) -> None:
+    recipe = tmp_path / "hf-model.toml"
+    recipe.write_text(
+        'schema_version = 1\ntask = "text-generation"\n[source]\nkind = "hf"\nid = "org/gpt2ish"\n'
+    )
+    hub = tmp_path / "hub"
+    proc, secs = run_cli("plan", "--recipe", str(recipe), env={"HF_HUB_CACHE": str(hub)})
+    assert_refused(proc, secs, "not in the local cache")
+    snap = hub / "models--org--gpt2ish" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (hub / "models--org--gpt2ish" / "refs").mkdir()
+    (hub / "models--org--gpt2ish" / "refs" / "main").write_text("abc")
+    (snap / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    proc, secs = run_cli("plan", "--recipe", str(recipe), env={"HF_HUB_CACHE": str(hub)})
+    assert_refused(proc, secs, "GPT2LMHeadModel")
