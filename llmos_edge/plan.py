@@ -85,6 +85,11 @@ def make_plan(
     exporter = _choose_exporter(target, recipe, format or (override.format if override else None))
     q = quant or (override.quant if override else None) or recipe.quant or target.model.default_quant
     _check_quant(target, recipe, exporter, q)
+    if recipe.task == "feature-extraction" and is_gguf_source(recipe):
+        raise UserError(
+            f"{recipe.name}: a GGUF source can only feed a text-generation recipe",
+            hints=['use a Hugging Face folder (kind = "local") for feature-extraction models'],
+        )
     if architecture is not None:
         check_architecture(exporter, architecture, recipe.name)
     model_mb, ram_mb = _estimate(recipe, q)
