@@ -12,7 +12,8 @@ import json
 import re
 import struct
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -34,6 +35,7 @@ _GGUF_STRING, _GGUF_ARRAY = 8, 9
 class SourceArchitecture:
     name: str  # HF class (config.json architectures[0]), else model_type / GGUF general.architecture
     origin: str  # where it was read, for messages
+    config: Mapping[str, object] = field(default_factory=dict)  # config.json (HF folders only)
 
 
 def source_path(source: Source, base_dir: Path | None) -> Path | None:
@@ -142,7 +144,7 @@ def _hf_architecture(config: Path) -> SourceArchitecture:
             f"{config} names no architecture (no `architectures` list, no `model_type`)",
             hints=['add "architectures": ["LlamaForCausalLM"] (or the model\'s class) to config.json'],
         )
-    return SourceArchitecture(_printable(name), "config.json")
+    return SourceArchitecture(_printable(name), "config.json", data)
 
 
 def _architecture_in_downloaded_wheel(package: str, version: str, member: str) -> SourceArchitecture | None:
