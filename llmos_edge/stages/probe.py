@@ -75,6 +75,11 @@ def check_source_kind(source: Source, base_dir: Path | None) -> None:
                 "or point path at the .gguf file itself",
             ],
         )
+    if source.kind == "gguf" and not path.is_file():
+        raise UserError(
+            f"source.path {path} is not a regular file (kind = \"gguf\" needs the .gguf file itself)",
+            hints=["point path at the .gguf file"],
+        )
     if source.kind == "local" and path.is_file():
         fix = (
             'set [source] kind = "gguf"'

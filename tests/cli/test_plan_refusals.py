@@ -286,3 +286,14 @@ def test_gemma3_is_refused_for_onnx_genai_and_offered_tflite(tmp_path: Path) -> 
     assert_refused(proc, secs, "'Gemma3ForCausalLM' has no onnx-genai exporter", "--format tflite")
     proc, _ = run_cli("plan", "--recipe", str(recipe), "--format", "tflite")
     assert proc.returncode == 0 and "Gemma3ForCausalLM" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_gguf_kind_on_a_device_or_fifo_is_refused_without_reading(tmp_path: Path, special: str) -> None:
+    path = Path(special)
+    if special == "fifo":
+        path = tmp_path / "model.gguf"
+        os.mkfifo(path)  # opening it for reading would block forever
+    recipe = write_recipe(tmp_path, "odd", "gguf", path)
+    proc, secs = run_cli("plan", "--recipe", str(recipe))
+    assert_refused(proc, secs, "is not a regular file")
