@@ -16,6 +16,7 @@ from ..errors import SpecError, UserError
 from ..paths import search_dirs
 from .limits import read_toml
 from .models import SCHEMA_VERSION, Recipe, Target
+from .names import own_aliases, resolve_target_name
 
 M = TypeVar("M", bound=BaseModel)
 MAX_EVALUATION_BYTES = 64 << 20
@@ -131,7 +132,9 @@ def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 def load_target(name: str) -> Target:
     files = _files("targets")
+    name = resolve_target_name(name, files)
     raw = _resolve_extends("targets", name, files)
+    raw["aliases"] = list(own_aliases(files[name]))  # an alias names one file: never inherited
     if raw.get("abstract"):
         raise UserError(
             f"target {name!r} is an abstract base for `extends`, not a device you can build for",

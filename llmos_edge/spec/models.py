@@ -153,6 +153,7 @@ class Esp32(_Frozen):
 class Target(_Frozen):
     schema_version: Literal[1]
     name: Name
+    aliases: tuple[Name, ...] = Field(default=(), description="other names --target accepts (not inherited)")
     description: Line = ""
     abstract: bool = Field(default=False, description="a base for `extends`, not buildable itself")
     platform: Platform

@@ -19,6 +19,7 @@ from ..fsutil import ensure_free_space
 from ..toolchains.contract import run_worker
 from ..toolchains.manager import Toolchain
 from . import model_dir as md
+from .model_dir import embedding_info
 from .tokenizer_repair import repair_tokenizer
 
 Progress = Callable[[str], None] | None
@@ -136,25 +137,6 @@ def _check_hf_dir(hf_dir: Path) -> None:
             f"{hf_dir} is not a Hugging Face model folder (no config.json)",
             hints=["point the recipe's source at a folder with config.json and weights"],
         )
-
-
-def embedding_info(hf_dir: Path, max_length: int) -> dict[str, Any]:
-    """Pooling/normalize from sentence-transformers files (mean + normalize when absent)."""
-    pooling, normalize = "mean", True
-    pool_cfg = hf_dir / "1_Pooling" / "config.json"
-    if pool_cfg.is_file():
-        cfg = json.loads(pool_cfg.read_text())
-        modes = {
-            "pooling_mode_cls_token": "cls",
-            "pooling_mode_mean_tokens": "mean",
-            "pooling_mode_max_tokens": "max",
-        }
-        pooling = next((v for k, v in modes.items() if cfg.get(k)), "mean")
-    modules = hf_dir / "modules.json"
-    if modules.is_file():
-        normalize = any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
-    dim = json.loads((hf_dir / "config.json").read_text()).get("hidden_size")
-    return {"pooling": pooling, "normalize": normalize, "dim": dim, "max_length": max_length}
 
 
 def export_encoder(

@@ -87,3 +87,22 @@ def patch_genai_config(model_dir: Path, *, eos: list[int], context_length: int) 
 def model_size_bytes(model_dir: Path) -> int:
     """Weights on disk (model.onnx + external data), what the size goals talk about."""
     return sum(p.stat().st_size for p in model_dir.iterdir() if p.name.startswith("model.onnx"))
+
+
+def embedding_info(hf_dir: Path, max_length: int) -> dict[str, Any]:
+    """Pooling/normalize from sentence-transformers files (mean + normalize when absent)."""
+    pooling, normalize = "mean", True
+    pool_cfg = hf_dir / "1_Pooling" / "config.json"
+    if pool_cfg.is_file():
+        cfg = json.loads(pool_cfg.read_text())
+        modes = {
+            "pooling_mode_cls_token": "cls",
+            "pooling_mode_mean_tokens": "mean",
+            "pooling_mode_max_tokens": "max",
+        }
+        pooling = next((v for k, v in modes.items() if cfg.get(k)), "mean")
+    modules = hf_dir / "modules.json"
+    if modules.is_file():
+        normalize = any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
+    dim = json.loads((hf_dir / "config.json").read_text()).get("hidden_size")
+    return {"pooling": pooling, "normalize": normalize, "dim": dim, "max_length": max_length}

@@ -111,12 +111,10 @@ def export_encoder(
     With calibration_texts and quant int8, weights AND activations are int8 (static_wi8_ai8); that
     lost 15-37% cosine on transformers here, so only full_integer_encoder (gated) should ask for it.
     """
-    from .export import embedding_info
-
     check_quant(quant)
     if quant == "int4":
         raise UserError("int4 is not offered for TFLite encoders", hints=["use --quant int8 (the default)"])
-    emb = embedding_info(hf_dir, seq_len)
+    emb = md.embedding_info(hf_dir, seq_len)
     if emb["pooling"] != "mean":
         raise UserError(
             f"{hf_dir}: pooling {emb['pooling']!r} is not supported by the TFLite encoder export",
