@@ -179,12 +179,14 @@ def serve_cmd(
 )
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="write the JSON report here")
 @click.option("--url", help="test a running server instead of starting one")
+@click.option("--json", "as_json", is_flag=True, help="print the whole report as JSON")
 @device_key_opt
 def smoke_cmd(
-    bundle: Path, golden: Path | None, report: Path | None, url: str | None, device_key: Path | None
+    bundle: Path, golden: Path | None, report: Path | None, url: str | None, as_json: bool,
+    device_key: Path | None,
 ) -> None:
     """Run the golden prompts and latency/throughput limits; exit 4 on failure."""
-    from ..runtime.smoke import load_golden, smoke_with_config, write_report
+    from ..runtime.smoke import load_golden, smoke_with_config, summary_text, write_report
 
     folder = _open(bundle)
     golden = golden or folder / "smoke" / "golden.json"
@@ -195,9 +197,9 @@ def smoke_cmd(
         result = smoke_with_config(config, load_golden(golden), url)
     if report:
         write_report(result, report)
-    click.echo(json.dumps({"ok": result["ok"], "summary": result["summary"]}, indent=2))
+    click.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else summary_text(result))
     if not result["ok"]:
-        failed = [r["name"] for r in result["results"] if not r["ok"]] + result["summary"]["failures"]
         raise CheckFailed(
-            f"smoke failed: {failed}", hints=["see the report for the generated text and timings"]
+            "smoke failed: " + "; ".join(result["summary"]["failures"]),
+            hints=["the answers and timings are above" + (f" and in {report}" if report else "")],
         )

@@ -101,6 +101,8 @@ def build_decoder(
     accuracy_level: int = 4,
     execution_providers: tuple[str, ...] = ("CPUExecutionProvider",),
     on_progress: Progress = None,
+    prompt_format: str = "auto",
+    chat_template: str | None = None,
 ) -> dict[str, Any]:
     """onnxruntime-genai builder -> model dir (fused GQA, MatMulNBits, genai_config, llmos_model.json)."""
     _check_hf_dir(hf_dir)
@@ -122,7 +124,14 @@ def build_decoder(
     eos = md.eos_ids(out)
     md.patch_genai_config(out, eos=eos, context_length=context_length)
     md.write_descriptor(
-        out, name=name, task="text-generation", fmt="onnx-genai", quant=quant, context_length=context_length
+        out,
+        name=name,
+        task="text-generation",
+        fmt="onnx-genai",
+        quant=quant,
+        context_length=context_length,
+        prompt_format=prompt_format,
+        template=chat_template,
     )
     return {
         "architecture": info["architecture"],

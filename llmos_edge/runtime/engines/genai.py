@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..chat import find_template, make_renderer
+from ..chat import make_renderer
 from ..descriptor import ModelDescriptor
 from ..errors import ConfigError
 from .base import EngineOptions, GenParams
@@ -63,8 +63,9 @@ class GenaiEngine:
         self.tokenizer = load_tokenizer(model_dir)
         eos = descriptor.eos_token_ids or tuple(int(x) for x in self.og_tokenizer.eos_token_ids)
         self.eos_ids = frozenset(eos)
-        template = find_template(model_dir, descriptor.chat_template)
-        self.render_chat = make_renderer(template, special_tokens(model_dir), self._native_template)
+        self.render_chat = make_renderer(
+            descriptor.name, descriptor.chat_template, special_tokens(model_dir), self._native_template
+        )
         self._warmup()
 
     def _warmup(self) -> None:

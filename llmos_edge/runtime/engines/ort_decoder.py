@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..chat import find_template, make_renderer
+from ..chat import make_renderer
 from ..descriptor import ModelDescriptor
 from ..errors import ConfigError
 from ..sampling import Sampler
@@ -62,8 +62,7 @@ class OrtDecoderEngine:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.tokenizer = load_tokenizer(model_dir)
         self.eos_ids = frozenset(descriptor.eos_token_ids)
-        template = find_template(model_dir, descriptor.chat_template)
-        self.render_chat = make_renderer(template, special_tokens(model_dir))
+        self.render_chat = make_renderer(descriptor.name, descriptor.chat_template, special_tokens(model_dir))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
