@@ -8,13 +8,14 @@ file of an exporter is in its stage keys, the backends exist in the runtime's en
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from .spec.models import Format, Quant, Task
 
 Stage = Literal["fetch", "prepare", "export", "quantize", "evaluate", "bundle"]
-CACHED_STAGES: tuple[Stage, ...] = ("prepare", "export", "quantize", "evaluate")
+Config = Mapping[str, object]  # a source's config.json (top level)
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,16 @@ class Architecture:
 
     def matches(self, name: str) -> bool:
         return name == self.hf_class or name in self.model_types
+
+
+@dataclass(frozen=True)
+class Misread:
+    """A config layout an exporter misreads (measured): refused at plan instead of crashing at export."""
+
+    architecture: str  # HF class
+    what: str  # the layout, for the message
+    applies: Callable[[Config], bool]
+    fix: str
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,8 @@ class Exporter:
     context_cap: int | None  # the longest context the exported graph can hold; None: the recipe's
     architectures: tuple[Architecture, ...]
     # stage -> source files (relative to llmos_edge/) whose code makes that stage's output
-    stage_code: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    stage_code: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    misreads: tuple[Misread, ...] = ()
     host_module: str | None = None  # the build host imports it to evaluate the format (quality gate)
     host_install: str | None = None  # how to get host_module
     description: str = ""
@@ -71,13 +83,21 @@ class Exporter:
     def code_files(self, stage: str) -> tuple[str, ...]:
         return self.stage_code.get(stage, ())
 
+    def misread(self, architecture: str, config: Config) -> Misread | None:
+        arch = self.supports(architecture)
+        return next(
+            (m for m in self.misreads if arch and m.architecture == arch.hf_class and m.applies(config)), None
+        )
+
 
 def _arch(hf_class: str, *model_types: str) -> Architecture:
     return Architecture(hf_class, model_types)
 
 
 # Text decoders onnxruntime-genai 0.18's model builder exports (builder.py create_model; multimodal
-# and MoE-only entries left out: the runtime serves text).
+# and MoE-only entries left out: the runtime serves text). Not Gemma 3: with transformers 5 its config
+# nests the RoPE parameters per layer type and the builder raises KeyError 'rope_type' (measured on
+# gemma-3-270m); it comes back when the config is normalized before the builder.
 _GENAI_ARCHS = (
     _arch("LlamaForCausalLM", "llama"),
     _arch("MistralForCausalLM", "mistral"),
@@ -87,13 +107,29 @@ _GENAI_ARCHS = (
     _arch("PhiForCausalLM", "phi", "phi2"),
     _arch("GemmaForCausalLM", "gemma"),
     _arch("Gemma2ForCausalLM", "gemma2"),
-    _arch("Gemma3ForCausalLM", "gemma3_text", "gemma3"),
     _arch("GraniteForCausalLM", "granite"),
     _arch("OlmoForCausalLM", "olmo"),
     _arch("NemotronForCausalLM", "nemotron"),
     _arch("SmolLM3ForCausalLM", "smollm3"),
     _arch("InternLM2ForCausalLM", "internlm2"),
     _arch("Ernie4_5ForCausalLM", "ernie4_5"),
+)
+
+
+def _phi3_long_rope_without_scaling(config: Config) -> bool:
+    mpe, ompe = config.get("max_position_embeddings"), config.get("original_max_position_embeddings")
+    return mpe is not None and ompe is not None and mpe != ompe and not config.get("rope_scaling")
+
+
+_GENAI_MISREADS = (
+    Misread(
+        "Phi3ForCausalLM",
+        "max_position_embeddings differs from original_max_position_embeddings and there is no "
+        "rope_scaling: onnxruntime-genai's builder takes it for LongRoPE and fails (KeyError 'multi_cache')",
+        _phi3_long_rope_without_scaling,
+        "set original_max_position_embeddings equal to max_position_embeddings in config.json "
+        "(a model without rope_scaling uses plain RoPE), or --format tflite",
+    ),
 )
 # Encoders optimum-onnx exports for feature-extraction and the runtime pools (mean/cls).
 _OPTIMUM_ENCODER_ARCHS = (
@@ -175,6 +211,7 @@ EXPORTERS: tuple[Exporter, ...] = (
         context_cap=None,
         architectures=_GENAI_ARCHS,
         stage_code={"prepare": _GENAI, "export": _GENAI, "quantize": _GENAI, "evaluate": _ONNX_EVAL},
+        misreads=_GENAI_MISREADS,
         description="onnxruntime-genai model builder (fused GQA graph, MatMulNBits)",
     ),
     Exporter(

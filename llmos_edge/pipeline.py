@@ -59,7 +59,12 @@ def plan(
     probe.check_source_kind(the_recipe.source, base)
     arch = probe.read_architecture(the_recipe.source, base)
     the_plan = make_plan(
-        the_target, the_recipe, quant=quant, format=format, architecture=arch.name if arch else None
+        the_target,
+        the_recipe,
+        quant=quant,
+        format=format,
+        architecture=arch.name if arch else None,
+        config=arch.config if arch else None,
     )
     probe.check_host(the_plan.exporter)
     return the_plan

@@ -7,6 +7,7 @@ pipeline.plan and passed in, so this module stays pure and testable.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,19 +75,26 @@ def make_plan(
     quant: Quant | None = None,
     format: Format | None = None,
     architecture: str | None = None,
+    config: Mapping[str, object] | None = None,
 ) -> BuildPlan:
     """Resolve every choice and refuse what cannot fit or run on the target.
 
     `architecture` is the source's model family (HF class, model_type or GGUF general.architecture);
-    when given, a family no exporter of the chosen format takes is refused here, not after export.
+    when given, a family no exporter of the chosen format takes is refused here, not after export,
+    and so is a `config` (config.json) layout the exporter is known to misread.
     """
     _check_platform(target)
     override = recipe.targets.get(target.name)
     exporter = _choose_exporter(target, recipe, format or (override.format if override else None))
     q = quant or (override.quant if override else None) or recipe.quant or target.model.default_quant
     _check_quant(target, recipe, exporter, q)
+    if recipe.task == "feature-extraction" and is_gguf_source(recipe):
+        raise UserError(
+            f"{recipe.name}: a GGUF source can only feed a text-generation recipe",
+            hints=['use a Hugging Face folder (kind = "local") for feature-extraction models'],
+        )
     if architecture is not None:
-        check_architecture(exporter, architecture, recipe.name)
+        check_architecture(exporter, architecture, recipe.name, config or {})
     model_mb, ram_mb = _estimate(recipe, q)
     _check_budgets(target, recipe, q, model_mb, ram_mb)
     requested_ctx = override.context_length if override and override.context_length else recipe.context_length
@@ -116,9 +124,14 @@ def is_gguf_source(recipe: Recipe) -> bool:
     return src.kind == "gguf" or (src.kind == "pypi" and (src.member or "").endswith(".gguf"))
 
 
-def check_architecture(exporter: Exporter, architecture: str, recipe: str) -> None:
+def check_architecture(
+    exporter: Exporter, architecture: str, recipe: str, config: Mapping[str, object]
+) -> None:
     """Refuse a model family the format's exporter cannot convert, listing the ones it can."""
     if exporter.supports(architecture) is not None:
+        bad = exporter.misread(architecture, config)
+        if bad is not None:
+            raise UserError(f"{recipe}: {architecture} config: {bad.what}", hints=[bad.fix])
         return
     others = [
         e.format for e in formats.for_task(exporter.task) if e is not exporter and e.supports(architecture)

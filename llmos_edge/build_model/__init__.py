@@ -35,9 +35,9 @@ def _with_architecture(plan: BuildPlan, src: ResolvedSource) -> BuildPlan:
     """A source plan could not read (not fetched yet) is checked now, still before any export."""
     if plan.architecture is not None:
         return plan
-    arch = architecture_of(src.path).name
-    check_architecture(plan.exporter, arch, plan.recipe.name)
-    return replace(plan, architecture=arch)
+    arch = architecture_of(src.path)
+    check_architecture(plan.exporter, arch.name, plan.recipe.name, arch.config)
+    return replace(plan, architecture=arch.name)
 
 
 def _check_evidence(plan: BuildPlan, no_gate: bool) -> None:

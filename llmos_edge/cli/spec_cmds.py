@@ -19,14 +19,25 @@ def targets_list(as_json: bool) -> None:
     """List buildable targets."""
     items = spec.list_targets()
     if as_json:
-        emit_json([{"name": t.name, "arch": t.platform.arch, "description": t.description} for t in items])
+        emit_json(
+            [
+                {
+                    "name": t.name,
+                    "aliases": list(t.aliases),
+                    "arch": t.platform.arch,
+                    "description": t.description,
+                }
+                for t in items
+            ]
+        )
         return
     table(
         "targets",
-        ["name", "arch", "RAM MB", "quant", "transport", "description"],
+        ["name", "aliases", "arch", "RAM MB", "quant", "transport", "description"],
         [
             (
                 t.name,
+                ", ".join(t.aliases),
                 t.platform.arch,
                 t.budgets.ram_mb,
                 t.model.default_quant,

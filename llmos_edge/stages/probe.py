@@ -12,7 +12,8 @@ import json
 import re
 import struct
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -34,6 +35,7 @@ _GGUF_STRING, _GGUF_ARRAY = 8, 9
 class SourceArchitecture:
     name: str  # HF class (config.json architectures[0]), else model_type / GGUF general.architecture
     origin: str  # where it was read, for messages
+    config: Mapping[str, object] = field(default_factory=dict)  # config.json (HF folders only)
 
 
 def source_path(source: Source, base_dir: Path | None) -> Path | None:
@@ -72,6 +74,11 @@ def check_source_kind(source: Source, base_dir: Path | None) -> None:
                 'set [source] kind = "local"',
                 "or point path at the .gguf file itself",
             ],
+        )
+    if source.kind == "gguf" and not path.is_file():
+        raise UserError(
+            f"source.path {path} is not a regular file (kind = \"gguf\" needs the .gguf file itself)",
+            hints=["point path at the .gguf file"],
         )
     if source.kind == "local" and path.is_file():
         fix = (
@@ -142,7 +149,7 @@ def _hf_architecture(config: Path) -> SourceArchitecture:
             f"{config} names no architecture (no `architectures` list, no `model_type`)",
             hints=['add "architectures": ["LlamaForCausalLM"] (or the model\'s class) to config.json'],
         )
-    return SourceArchitecture(_printable(name), "config.json")
+    return SourceArchitecture(_printable(name), "config.json", data)
 
 
 def _architecture_in_downloaded_wheel(package: str, version: str, member: str) -> SourceArchitecture | None:

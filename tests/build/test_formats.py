@@ -164,6 +164,14 @@ def test_unsupported_architecture_is_refused_with_the_list() -> None:
     assert ok.architecture == "llama"
 
 
+def test_gguf_encoder_is_refused_at_plan(tmp_path: Path) -> None:
+    recipe = spec.load_recipe("all-minilm-l6-v2").model_copy(
+        update={"source": spec.Source(kind="gguf", path=str(tmp_path / "m.gguf"))}
+    )
+    with pytest.raises(UserError, match="GGUF source can only feed a text-generation"):
+        make_plan(spec.load_target("host"), recipe)
+
+
 def test_decoder_as_plain_onnx_is_refused() -> None:
     """No exporter makes a plain-ONNX decoder (yet): refuse instead of silently building onnx-genai."""
     with pytest.raises(UserError, match="no exporter for text-generation") as ei:

@@ -245,3 +245,55 @@ def test_hf_source_read_from_the_local_cache_or_refused(tmp_path: Path) -> None:
     (snap / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
     proc, secs = run_cli("plan", "--recipe", str(recipe), env={"HF_HUB_CACHE": str(hub)})
     assert_refused(proc, secs, "GPT2LMHeadModel")
+
+
+def _config_folder(tmp: Path, name: str, config: dict[str, object]) -> Path:
+    folder = tmp / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_phi3_long_rope_without_scaling_refused_with_the_fix(tmp_path: Path) -> None:
+    """The genai builder reads this layout as LongRoPE and crashes (KeyError 'multi_cache')."""
+    phi3 = {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3"}
+    bad = _config_folder(
+        tmp_path, "bad", {**phi3, "max_position_embeddings": 4096, "original_max_position_embeddings": 2048}
+    )
+    proc, secs = run_cli("plan", "--recipe", str(write_recipe(tmp_path, "phi3-bad", "local", bad)))
+    assert_refused(
+        proc, secs, "LongRoPE", "original_max_position_embeddings equal to max_position_embeddings"
+    )
+    fine = [
+        {**phi3, "max_position_embeddings": 4096, "original_max_position_embeddings": 4096},
+        {
+            **phi3,
+            "max_position_embeddings": 131072,
+            "original_max_position_embeddings": 4096,
+            "rope_scaling": {"type": "longrope", "long_factor": [1.0], "short_factor": [1.0]},
+        },
+    ]
+    for i, cfg in enumerate(fine):
+        folder = _config_folder(tmp_path, f"ok{i}", cfg)
+        proc, _ = run_cli("plan", "--recipe", str(write_recipe(tmp_path, f"phi3-ok{i}", "local", folder)))
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_gemma3_is_refused_for_onnx_genai_and_offered_tflite(tmp_path: Path) -> None:
+    folder = hf_folder(tmp_path, "Gemma3ForCausalLM", "gemma3_text")
+    recipe = write_recipe(tmp_path, "gemma3", "local", folder)
+    proc, secs = run_cli("plan", "--recipe", str(recipe))
+    assert_refused(proc, secs, "'Gemma3ForCausalLM' has no onnx-genai exporter", "--format tflite")
+    proc, _ = run_cli("plan", "--recipe", str(recipe), "--format", "tflite")
+    assert proc.returncode == 0 and "Gemma3ForCausalLM" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_gguf_kind_on_a_device_or_fifo_is_refused_without_reading(tmp_path: Path, special: str) -> None:
+    path = Path(special)
+    if special == "fifo":
+        path = tmp_path / "model.gguf"
+        os.mkfifo(path)  # opening it for reading would block forever
+    recipe = write_recipe(tmp_path, "odd", "gguf", path)
+    proc, secs = run_cli("plan", "--recipe", str(recipe))
+    assert_refused(proc, secs, "is not a regular file")
