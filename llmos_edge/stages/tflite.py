@@ -287,7 +287,9 @@ def evaluate_decoder(
         ids = ids[: engine.cache_length - 1]
         rep.bos_prepended = bos is not None
         rep.perplexity, rep.eval_tokens = engine.perplexity(ids), len(ids) - 1
-        rep.reference_perplexity = perplexity_from_logits(reference_logits(tc, source, ids), ids)
+        ref_logits = reference_logits(tc, source, ids)
+        rep.reference_perplexity = perplexity_from_logits(ref_logits, ids)
+        rep.vocab_size = int(ref_logits.shape[-1])  # for the untrained-reference check
     for g in golden:
         answer, stopped, n = greedy_answer(engine, g.prompt, g.max_tokens, g.system)
         hit = all(e.lower() in answer.lower() for e in g.expect_contains)

@@ -201,3 +201,17 @@ def test_smoke_sends_chat_golden_prompts_raw_to_a_completion_model(base_dir: Pat
     report = json.loads(p.stdout)
     assert [r["mode"] for r in report["results"]] == ["completion", "completion"]
     assert all(r["ok"] for r in report["results"])
+
+
+def test_device_run_on_a_base_model(base_dir: Path, tmp_path: Path) -> None:
+    """The device's own `python -m llmos_runtime run`: chat refused with the fix, --raw answers."""
+    cfg = tmp_path / "runtime.json"
+    cfg.write_text(
+        json.dumps({"host": "127.0.0.1", "port": 0, "models": [{"id": "b", "path": str(base_dir)}]})
+    )
+    args = [sys.executable, "-m", "llmos_edge.runtime", "run", "--config", str(cfg), "--max-tokens", "3"]
+    chat_try = subprocess.run([*args, "Paris is"], capture_output=True, text=True, timeout=180)
+    assert chat_try.returncode == 2 and "completion model" in chat_try.stderr
+    raw = subprocess.run([*args, "--raw", "Paris is"], capture_output=True, text=True, timeout=180)
+    assert raw.returncode == 0, raw.stderr
+    assert raw.stdout.endswith("\n") and "Traceback" not in raw.stderr
