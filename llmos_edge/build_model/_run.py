@@ -118,6 +118,7 @@ def report_from_dict(d: Mapping[str, Any]) -> ev.QualityReport:
             g["stopped_at_end_of_turn"],
             g["tokens"],
             g.get("reference_answer"),
+            bool(g.get("needs_end_of_turn", True)),
         )
         for g in d.get("golden", [])
     ]

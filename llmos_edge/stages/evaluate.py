@@ -33,10 +33,11 @@ class GoldenResult:
     stopped_at_end_of_turn: bool
     tokens: int
     reference_answer: str | None = None
+    needs_end_of_turn: bool = True  # chat mode; a completion-mode (base) model just continues the text
 
     @property
     def passed(self) -> bool:
-        return self.contains_expected and self.stopped_at_end_of_turn
+        return self.contains_expected and (self.stopped_at_end_of_turn or not self.needs_end_of_turn)
 
 
 @dataclass
@@ -140,7 +141,8 @@ class QualityReport:
             rows.append(
                 (
                     f"golden: {g.prompt[:40]}",
-                    f"{g.answer[:50]!r}" + ("" if g.stopped_at_end_of_turn else " [no end-of-turn]"),
+                    f"{g.answer[:50]!r}"
+                    + ("" if g.stopped_at_end_of_turn or not g.needs_end_of_turn else " [no end-of-turn]"),
                     "contains " + ", ".join(g.expect_contains),
                     _ok(g.passed),
                 )
@@ -243,6 +245,11 @@ def render_chat(template: str, prompt: str, system: str | None) -> str:
     )
 
 
+def _chat_mode(model_dir: Path) -> bool:
+    desc = json.loads((model_dir / md.DESCRIPTOR).read_text())
+    return bool(desc.get("prompt_format", "chat" if desc.get("chat_template") else "completion") == "chat")
+
+
 def framed_prompt(desc: dict[str, Any], prompt: str, system: str | None) -> str:
     """As the runtime frames it: the chat template in chat mode; the raw text in completion mode."""
     chat = desc.get("prompt_format", "chat" if desc.get("chat_template") else "completion") == "chat"
@@ -294,6 +301,7 @@ def evaluate_decoder(
         rep.reference_perplexity = (
             rep.perplexity if reference_dir == model_dir else perplexity(reference_dir, evaluation_text)[0]
         )
+    chat_mode = _chat_mode(model_dir)
     for g in golden:
         answer, stopped, n = generate(model_dir, g.prompt, max_tokens=g.max_tokens, system=g.system)
         ref_answer = (
@@ -303,7 +311,7 @@ def evaluate_decoder(
         )
         hit = all(e.lower() in answer.lower() for e in g.expect_contains)
         rep.golden.append(
-            GoldenResult(g.prompt, list(g.expect_contains), answer, hit, stopped, n, ref_answer)
+            GoldenResult(g.prompt, list(g.expect_contains), answer, hit, stopped, n, ref_answer, chat_mode)
         )
     rep.failures = _failures(rep)
     return rep

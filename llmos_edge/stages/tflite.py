@@ -293,7 +293,10 @@ def evaluate_decoder(
     for g in golden:
         answer, stopped, n = greedy_answer(engine, g.prompt, g.max_tokens, g.system)
         hit = all(e.lower() in answer.lower() for e in g.expect_contains)
-        rep.golden.append(GoldenResult(g.prompt, list(g.expect_contains), answer, hit, stopped, n))
+        chat = engine.descriptor.prompt_format != "completion"
+        rep.golden.append(
+            GoldenResult(g.prompt, list(g.expect_contains), answer, hit, stopped, n, needs_end_of_turn=chat)
+        )
     rep.failures = _failures(rep)
     engine.close()
     return rep

@@ -255,3 +255,30 @@ def test_gate_off_reports_instead_of_raising(tiny_decoder_fp32_dir: Path) -> Non
     ev.gate(rep)  # not enforced
     assert rep.to_dict()["gate"] == "off (--no-gate)" and "gate off (--no-gate)" in rep.verdict
     assert rep.to_dict()["passed"] is False  # the failures are still on record
+
+
+def test_golden_in_completion_mode_sends_the_raw_prompt(tiny_decoder_fp32_dir: Path, tmp_path: Path) -> None:
+    """A base model continues the text: its golden answer is checked, end-of-turn is not required."""
+    import json
+
+    from fixtures_models import copy_model
+
+    d = copy_model(tiny_decoder_fp32_dir, tmp_path / "base")
+    desc = json.loads((d / "llmos_model.json").read_text())
+    ev.md.write_descriptor(
+        d,
+        name=desc["name"],
+        task=desc["task"],
+        fmt=desc["format"],
+        quant=desc["quant"],
+        context_length=desc["context_length"],
+        prompt_format="completion",
+    )
+    golden = (Golden(prompt="The capital of France is", expect_contains=("Paris",), max_tokens=3),)
+    rep = ev.evaluate_decoder(
+        d, d, quant="fp32", evaluation_text="", golden=golden, limits={}, reference="fp32 export"
+    )
+    g = rep.golden[0]
+    assert not g.needs_end_of_turn and g.passed and rep.passed, g  # the trained fixture says Paris
+    assert "<|im_start|>" not in g.answer and "assistant" not in g.answer
+    assert ev.framed_prompt({"prompt_format": "completion"}, "Hi", "Be brief.") == "Be brief.\n\nHi"
