@@ -36,6 +36,7 @@ class ModelDescriptor:
     embedding: EmbeddingSpec | None
     raw: dict[str, Any]
     prompt_format: str | None = None  # PROMPT_FORMATS for decoders; None for encoders
+    bos_token_id: int | None = None  # prepended to completion prompts the tokenizer leaves without it
 
     @property
     def mode(self) -> str:
@@ -83,7 +84,16 @@ def read_descriptor(model_dir: Path) -> ModelDescriptor:
         embedding=_embedding(raw.get("embedding")),
         raw=raw,
         prompt_format=prompt_format,
+        bos_token_id=_optional_id(raw.get("bos_token_id"), path),
     )
+
+
+def _optional_id(value: Any, path: Path) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{path}: bos_token_id must be a token id (an integer >= 0) or null")
+    return value
 
 
 def model_template(model_dir: Path) -> str | None:

@@ -16,7 +16,7 @@ import numpy as np
 from .chat import make_renderer
 from .descriptor import EmbeddingSpec, ModelDescriptor
 from .engines.base import EngineOptions, GenParams
-from .engines.tokenizer import load_tokenizer, special_tokens
+from .engines.tokenizer import encode, load_tokenizer, special_tokens
 from .errors import ApiError, ConfigError
 from .sampling import Sampler
 
@@ -82,8 +82,7 @@ class TFLiteDecoderEngine:
         self.render_chat = make_renderer(descriptor.name, descriptor.chat_template, special_tokens(model_dir))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
-        return ids
+        return encode(self.tokenizer, text, add_special_tokens, self.descriptor.bos_token_id)
 
     def decode(self, ids: list[int]) -> str:
         text: str = self.tokenizer.decode(ids, skip_special_tokens=True)

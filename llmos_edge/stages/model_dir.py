@@ -137,6 +137,8 @@ def write_descriptor(
         "eos_token_ids": eos_ids(model_dir) if task == "text-generation" else [],
         "prompt_format": fmt_,
         "chat_template": tpl,
+        # the BOS a plain-text (completion) prompt starts with, by the tokenizer's own convention
+        "bos_token_id": special_framing(model_dir)[0] if task == "text-generation" else None,
         "embedding": embedding,
     }
     atomic_write_text(model_dir / DESCRIPTOR, json.dumps(desc, indent=2) + "\n")

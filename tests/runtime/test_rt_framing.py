@@ -100,6 +100,9 @@ def test_old_descriptor_without_the_field_uses_the_model_template_or_completion(
     [
         ({"prompt_format": "chatml"}, "prompt_format 'chatml' is not one of"),
         ({"prompt_format": "chat", "chat_template": 42}, "chat_template must be a string"),
+        ({"bos_token_id": -1}, "bos_token_id must be a token id"),
+        ({"bos_token_id": "1"}, "bos_token_id must be a token id"),
+        ({"bos_token_id": True}, "bos_token_id must be a token id"),
     ],
 )
 def test_hostile_descriptor_framing_is_refused(
@@ -215,3 +218,25 @@ def test_device_run_on_a_base_model(base_dir: Path, tmp_path: Path) -> None:
     raw = subprocess.run([*args, "--raw", "Paris is"], capture_output=True, text=True, timeout=180)
     assert raw.returncode == 0, raw.stderr
     assert raw.stdout.endswith("\n") and "Traceback" not in raw.stderr
+
+
+def test_completion_prompts_start_with_the_bos_the_tokenizer_asks_for(
+    decoder_dir: Path, tmp_path: Path
+) -> None:
+    """tokenizer_config add_bos_token -> descriptor bos_token_id -> the runtime prepends it to raw prompts
+    (not to rendered chat text, whose template places its own specials)."""
+    from llmos_edge.runtime.engines import EngineOptions, create_engine
+
+    d = shutil.copytree(decoder_dir, tmp_path / "bos")
+    assert _rewrite(d)["bos_token_id"] is None  # the fixture: add_bos_token false
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps({**cfg, "add_bos_token": True}))
+    bos = _rewrite(d)["bos_token_id"]
+    assert isinstance(bos, int)
+    engine = create_engine(d, read_descriptor(d), EngineOptions())
+    try:
+        assert engine.encode("The capital")[0] == bos
+        assert engine.encode("The capital", add_special_tokens=False)[0] != bos
+        assert engine.encode("The capital").count(bos) == 1
+    finally:
+        engine.close()

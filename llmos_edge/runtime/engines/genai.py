@@ -12,7 +12,7 @@ from ..chat import make_renderer
 from ..descriptor import ModelDescriptor
 from ..errors import ConfigError
 from .base import EngineOptions, GenParams
-from .tokenizer import load_tokenizer, special_tokens
+from .tokenizer import encode, load_tokenizer, special_tokens
 
 
 def _og_config(og: Any, model_dir: Path, options: EngineOptions) -> Any:
@@ -80,8 +80,7 @@ class GenaiEngine:
         return out
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
-        return ids
+        return encode(self.tokenizer, text, add_special_tokens, self.descriptor.bos_token_id)
 
     def decode(self, ids: list[int]) -> str:
         text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
