@@ -152,11 +152,12 @@ EMBED_TEXTS = {
 
 
 def _modes(base_url: str, api_key: str | None) -> dict[str, str]:
-    """model id -> chat | completion | embedding, from /v1/models (older runtimes: chat)."""
+    """model id -> chat | completion | embedding, from /v1/models (older runtimes: chat). A server
+    that cannot list them is left to fail on the prompts themselves, each with its own error."""
     try:
         listed = get_json(base_url + "/v1/models", api_key).get("data") or []
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot list models at {base_url}: {exc}") from exc
+    except (OSError, ValueError, AttributeError):
+        return {}
     return {str(m.get("id")): str(m.get("mode") or "chat") for m in listed if isinstance(m, dict)}
 
 
