@@ -130,7 +130,9 @@ def run_cmd(
                     "finish_reason": result.finish_reason,
                     "prompt_tokens": result.prompt_tokens,
                     "completion_tokens": result.completion_tokens,
-                    "first_token_ms": round((result.first_token_s or 0) * 1000, 1),
+                    "first_token_ms": None
+                    if result.first_token_s is None
+                    else round(result.first_token_s * 1000, 1),
                     "decode_tokens_per_s": result.decode_tokens_per_s(),
                 }
             )
