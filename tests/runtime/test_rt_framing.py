@@ -240,3 +240,25 @@ def test_completion_prompts_start_with_the_bos_the_tokenizer_asks_for(
         assert engine.encode("The capital").count(bos) == 1
     finally:
         engine.close()
+
+
+def test_build_prompt_answer_follows_the_mode(base_dir: Path, decoder_dir: Path, tmp_path: Path) -> None:
+    """`build --prompt` (pipeline.answer) asks a base model with the raw text, a chat model in chat."""
+    from llmos_edge.pipeline import BuildResult, answer
+    from llmos_edge.plan import make_plan
+    from llmos_edge.spec import load_target
+    from llmos_edge.spec.models import Recipe
+
+    recipe = Recipe.model_validate(
+        {
+            "schema_version": 1,
+            "name": "tiny",
+            "task": "text-generation",
+            "source": {"kind": "local", "path": str(tmp_path)},
+            "evaluation_text": "x",
+        }
+    )
+    plan = make_plan(load_target("host"), recipe, quant="int4")
+    for model in (base_dir, decoder_dir):
+        result = BuildResult(plan, tmp_path, model, tmp_path, tmp_path / "i", {})
+        assert isinstance(answer(result, "The capital of France is", max_tokens=3), str)
