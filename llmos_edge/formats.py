@@ -159,7 +159,7 @@ _ONNX_EXPORT = (
     "stages/tokenizer_repair.py",
     _CONTRACT,
 )
-_GENAI = (*_ONNX_EXPORT, "toolchains/workers/genai_worker.py")
+_GENAI = (*_ONNX_EXPORT, "toolchains/workers/genai_worker.py", "stages/probe.py")  # probe: GGUF BOS flags
 _OPTIMUM = (*_ONNX_EXPORT, "toolchains/workers/optimum_worker.py")
 _ONNX_EVAL = ("build_model/onnx.py", _RUN, "stages/evaluate.py", "stages/model_dir.py")
 # The TFLite gate runs the on-device engine itself, so its code is part of the evaluate key.

@@ -94,6 +94,7 @@ def build(
     encrypt_for: Path | None = None,
     version: str = "0.1.0",
     progress: bool = True,
+    no_gate: bool = False,
 ) -> BuildResult:
     """Run every stage; the output folder appears only when the whole build succeeded."""
     from .build_model import build_model
@@ -102,7 +103,7 @@ def build(
     the_plan = plan(target, recipe, quant=quant, format=format)
     out = out or Path("build") / f"{the_plan.recipe.name}-{the_plan.target.name}"
     ensure_free_space(out.parent.resolve(), _needed_bytes(the_plan), "the build output")
-    model = build_model(the_plan, no_cache=no_cache, progress=progress)
+    model = build_model(the_plan, no_cache=no_cache, progress=progress, no_gate=no_gate)
     key = None if unsigned else (signing_key or default_signing_key())
     with atomic_dir(out.resolve()) as tmp:
         bundle = _make_bundle(
@@ -230,6 +231,12 @@ def answer(result: BuildResult, prompt: str, *, max_tokens: int = 64) -> str:
             f"{result.plan.recipe.name} is a {result.plan.task} model; it answers no prompts",
             hints=["serve it and call /v1/embeddings instead"],
         )
+    from .runtime.descriptor import read_descriptor
+
     config = replace(config_for_model_dirs([result.model_dir]), audit_log=None)
-    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0}
+    body: dict[str, Any] = {"max_tokens": max_tokens, "temperature": 0}
+    if read_descriptor(result.model_dir).prompt_format == "completion":  # a base model: raw text
+        body["prompt"] = prompt
+    else:
+        body["messages"] = [{"role": "user", "content": prompt}]
     return generate_to(config, None, body, lambda _piece: None).text.strip()

@@ -28,6 +28,7 @@ CORPUS = [
     "Edge devices run small language models. A Raspberry Pi has four cores and a few GB of memory.",
     "Quantization stores weights in fewer bits; int4 block-wise keeps one scale per 32 weights.",
     "What is the capital of France? Paris is the capital and largest city of France.",
+    "The quick brown fox jumps over the lazy dog.",
 ] * 20
 TINY_LLAMA: dict[str, int | float | bool] = {
     "vocab_size": 512,
@@ -50,8 +51,10 @@ TINY_BERT = {
     "intermediate_size": 64,
     "max_position_embeddings": 128,
 }
+TRAIN_SCRIPT = Path(__file__).resolve().parent / "train_tiny.py"
 _CODE_FILES = [
     Path(__file__),
+    TRAIN_SCRIPT,
     WORKERS_DIR / "genai_worker.py",
     WORKERS_DIR / "optimum_worker.py",
     Path(manager.__file__).parent.parent / "stages" / "export.py",
@@ -130,8 +133,32 @@ def write_tiny_wordpiece(out: Path) -> None:
     (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
 
 
+def train_tiny(tc: manager.Toolchain, model_dir: Path, texts: list[str]) -> None:
+    """A few seconds of training (train_tiny.py in the toolchain's python): a random model's
+    perplexity ~ its vocabulary size, which the quality gate reports as an untrained reference."""
+    import os
+    import subprocess
+
+    texts_file = model_dir / "train_texts.json"
+    texts_file.write_text(json.dumps(texts))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    try:
+        subprocess.run(
+            [str(tc.python), str(TRAIN_SCRIPT), str(model_dir), str(texts_file)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+    finally:
+        texts_file.unlink(missing_ok=True)
+
+
 def make_tiny_llama_hf(out: Path, *, architecture: str = "LlamaForCausalLM", seed: int = 0) -> Path:
-    """A random 2-layer hidden-64 Llama as an HF folder with the tiny BPE tokenizer."""
+    """A 2-layer hidden-64 Llama as an HF folder with the tiny BPE tokenizer, trained for a few seconds
+    on CORPUS (a random one would be an untrained reference for the quality gate)."""
     tc = manager.ensure("onnx-genai", progress=False)
     from llmos_edge.toolchains.contract import run_worker
 
@@ -147,6 +174,7 @@ def make_tiny_llama_hf(out: Path, *, architecture: str = "LlamaForCausalLM", see
         },
     )
     write_tiny_bpe(out)
+    train_tiny(tc, out, CORPUS)
     return out
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import cast
 
+from ..errors import UserError
 from ..plan import BuildPlan, check_architecture
 from ..stages import evaluate as ev
 from ..stages.model_dir import model_size_bytes
@@ -39,13 +40,34 @@ def _with_architecture(plan: BuildPlan, src: ResolvedSource) -> BuildPlan:
     return replace(plan, architecture=arch.name)
 
 
-def build_model(plan: BuildPlan, *, no_cache: bool = False, progress: bool = True) -> ModelBuild:
-    """Run the model stages of `plan`; raise CheckFailed when the quality gate says no."""
+def _check_evidence(plan: BuildPlan, no_gate: bool) -> None:
+    """A gate with nothing to check would pass anything: such a build needs an explicit --no-gate."""
+    if no_gate or not ev.nothing_to_evaluate(plan.recipe.evaluation_text, plan.recipe.golden):
+        return
+    raise UserError(
+        f"recipe {plan.recipe.name!r} has no evaluation text and no golden prompts: the quality gate "
+        "would have nothing to check",
+        hints=[
+            'add evaluation_file = "eval/wiki-mix.txt" (or evaluation_text) and [[golden]] prompts',
+            "or build with --no-gate to ship it unchecked (the report records that)",
+        ],
+    )
+
+
+def build_model(
+    plan: BuildPlan, *, no_cache: bool = False, progress: bool = True, no_gate: bool = False
+) -> ModelBuild:
+    """Run the model stages of `plan`; raise CheckFailed when the quality gate says no (unless
+    `no_gate`: then the scores and failures are only reported, with the gate marked off)."""
     run = StageRunner(plan.exporter, progress=progress, no_cache=no_cache)
     t0 = time.monotonic()
     src = fetch(run, plan)
     plan = _with_architecture(plan, src)
+    _check_evidence(plan, no_gate)
     result = _builder(plan.exporter.builder)(run, plan, src)
+    if no_gate:
+        result.quality.gate = "off (--no-gate)"
+        run.say("evaluate", f"quality gate OFF (--no-gate): {result.quality.verdict}")
     report = {
         "recipe": plan.recipe.name,
         "target": plan.target.name,

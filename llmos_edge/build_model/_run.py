@@ -100,6 +100,13 @@ def limits(plan: BuildPlan) -> dict[str, Any]:
     }
 
 
+def framing(plan: BuildPlan) -> dict[str, Any]:
+    """The recipe's prompt framing: the descriptor records it, so it is part of the exporting stages' keys."""
+    if plan.task != "text-generation":
+        return {}
+    return {"prompt_format": plan.recipe.prompt_format, "chat_template": plan.recipe.chat_template}
+
+
 def report_from_dict(d: Mapping[str, Any]) -> ev.QualityReport:
     """Rebuild a QualityReport from its cached to_dict() form."""
     golden = [
@@ -111,6 +118,7 @@ def report_from_dict(d: Mapping[str, Any]) -> ev.QualityReport:
             g["stopped_at_end_of_turn"],
             g["tokens"],
             g.get("reference_answer"),
+            bool(g.get("needs_end_of_turn", True)),
         )
         for g in d.get("golden", [])
     ]
@@ -126,4 +134,6 @@ def report_from_dict(d: Mapping[str, Any]) -> ev.QualityReport:
         cosine_mean=d.get("cosine_mean"),
         golden=golden,
         failures=list(d.get("failures", [])),
+        vocab_size=d.get("vocab_size"),
+        bos_prepended=bool(d.get("bos_prepended", False)),
     )

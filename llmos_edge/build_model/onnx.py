@@ -21,7 +21,7 @@ from ..stages.quantize import quantize_encoder
 from ..stages.source import ResolvedSource
 from ..toolchains import manager
 from ..toolchains.manager import Toolchain
-from ._run import FormatResult, StageRunner, limits, report_from_dict
+from ._run import FormatResult, StageRunner, framing, limits, report_from_dict
 
 REPAIR_VERSION = 1  # bump when tokenizer_repair changes what it writes
 
@@ -64,6 +64,7 @@ def _export(
         "format": plan.format,
         "context_length": plan.context_length,
         "name": plan.recipe.name,
+        **framing(plan),
     }
     key = run.key("export", {"prepare": prep_key}, opts, tc.lock_hash)
 
@@ -77,6 +78,7 @@ def _export(
                 quant="fp32",
                 context_length=plan.context_length,
                 on_progress=run.log("export"),
+                **framing(plan),
             )
         return ex.export_encoder(
             tc,
@@ -103,6 +105,7 @@ def _quantize(
         "name": plan.recipe.name,
         "execution_providers": list(plan.execution_providers),
         "builder": ex.builder_options(plan.quant, plan.block_size, plan.accuracy_level),
+        **framing(plan),
     }
     if plan.task == "text-generation":  # the builder quantizes while exporting: input is the HF folder
         key = run.key("quantize", {"prepare": prep_key}, opts, tc.lock_hash)
@@ -119,6 +122,7 @@ def _quantize(
                 accuracy_level=plan.accuracy_level,
                 execution_providers=tuple(plan.execution_providers),
                 on_progress=run.log("quantize"),
+                **framing(plan),
             )
     else:
         key = run.key("quantize", {"export": ref_key}, opts, tc.lock_hash)

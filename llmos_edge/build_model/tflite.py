@@ -15,7 +15,7 @@ from typing import Any
 from ..plan import BuildPlan
 from ..stages import tflite
 from ..stages.source import ResolvedSource
-from ._run import FormatResult, StageRunner, limits, report_from_dict
+from ._run import FormatResult, StageRunner, framing, limits, report_from_dict
 
 
 def build(run: StageRunner, plan: BuildPlan, src: ResolvedSource) -> FormatResult:
@@ -30,6 +30,7 @@ def build(run: StageRunner, plan: BuildPlan, src: ResolvedSource) -> FormatResul
         "quant": plan.quant,
         "context": ctx,
         "name": plan.recipe.name,
+        **framing(plan),
     }
     key = run.key("export", {"source": src.sha256}, opts, tc.lock_hash)
 
@@ -43,6 +44,7 @@ def build(run: StageRunner, plan: BuildPlan, src: ResolvedSource) -> FormatResul
                 quant=plan.quant,
                 context_length=ctx,
                 on_progress=run.log("export"),
+                **framing(plan),
             )
         return tflite.export_encoder(
             tc,

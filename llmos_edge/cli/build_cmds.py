@@ -67,6 +67,12 @@ def plan_cmd(target: str, recipe: str, quant: str | None, fmt: str | None, as_js
 )
 @click.option("--bundle-version", default="0.1.0", show_default=True, help="Bundle version (semver).")
 @click.option("--prompt", help="After building, ask the model this and print its answer.")
+@click.option(
+    "--no-gate",
+    is_flag=True,
+    help="Do not enforce the quality gate (needed when the recipe has nothing to evaluate); "
+    "the report records it.",
+)
 @json_option
 def build_cmd(
     target: str,
@@ -81,6 +87,7 @@ def build_cmd(
     encrypt_for: Path | None,
     bundle_version: str,
     prompt: str | None,
+    no_gate: bool,
     as_json: bool,
 ) -> None:
     """Build a quality-checked, signed device bundle for TARGET from RECIPE."""
@@ -99,6 +106,7 @@ def build_cmd(
         encrypt_for=encrypt_for,
         version=bundle_version,
         progress=not as_json,
+        no_gate=no_gate,
     )
     reply = answer(result, prompt) if prompt else None
     if as_json:
@@ -142,6 +150,8 @@ def _quality_line(q: dict[str, Any]) -> str:
         if k in ("perplexity", "reference_perplexity", "perplexity_ratio", "cosine_min", "passed")
         and v is not None
     ]
+    if q.get("gate", "on") != "on":  # --no-gate: say so beside the scores, with what it did not stop
+        parts.append(f"GATE {q['gate']}: {q.get('verdict', '')}")
     return ", ".join(parts) or "n/a"
 
 

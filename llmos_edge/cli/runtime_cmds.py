@@ -174,7 +174,9 @@ def run_cmd(
                     "finish_reason": result.finish_reason,
                     "prompt_tokens": result.prompt_tokens,
                     "completion_tokens": result.completion_tokens,
-                    "first_token_ms": round((result.first_token_s or 0) * 1000, 1),
+                    "first_token_ms": None
+                    if result.first_token_s is None
+                    else round(result.first_token_s * 1000, 1),
                     "decode_tokens_per_s": result.decode_tokens_per_s(),
                 }
             )
@@ -228,14 +230,15 @@ def serve_cmd(
 )
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="write the JSON report here")
 @click.option("--url", help="test a running server instead of starting one")
+@click.option("--json", "as_json", is_flag=True, help="print the whole report as JSON")
 @device_key_opt
 @trust_opts
 def smoke_cmd(
-    bundle: Path, golden: Path | None, report: Path | None, url: str | None, device_key: Path | None,
-    key: Path | None, allow_unsigned: bool,
+    bundle: Path, golden: Path | None, report: Path | None, url: str | None, as_json: bool,
+    device_key: Path | None, key: Path | None, allow_unsigned: bool,
 ) -> None:
     """Run the golden prompts and latency/throughput limits; exit 4 on failure."""
-    from ..runtime.smoke import load_golden, smoke_with_config, write_report
+    from ..runtime.smoke import load_golden, smoke_with_config, summary_text, write_report
 
     trust = Trust(key, allow_unsigned)
     folder = trust.open(bundle)
@@ -247,11 +250,11 @@ def smoke_cmd(
         result = smoke_with_config(config, load_golden(golden), url)
     if report:
         write_report(result, report)
-    click.echo(json.dumps({"ok": result["ok"], "summary": result["summary"]}, indent=2))
+    click.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else summary_text(result))
     if not result["ok"]:
-        failed = [r["name"] for r in result["results"] if not r["ok"]] + result["summary"]["failures"]
         raise CheckFailed(
-            f"smoke failed: {failed}", hints=["see the report for the generated text and timings"]
+            "smoke failed: " + "; ".join(result["summary"]["failures"]),
+            hints=["the answers and timings are above" + (f" and in {report}" if report else "")],
         )
 
 

@@ -165,6 +165,7 @@ def load_recipe(name_or_path: str) -> Recipe:
     raw.setdefault("name", name_or_path)
     raw["source_file"] = str(path)
     _inline_evaluation(raw, path)
+    _inline_chat_template(raw, path)
     _resolve_local_paths(raw, path)
     return validate(Recipe, raw, path)
 
@@ -183,6 +184,24 @@ def _inline_evaluation(raw: dict[str, Any], path: Path) -> None:
             raw["evaluation_text"] = eval_path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise SpecError(str(path), "evaluation_file", f"{eval_path} is not UTF-8 text: {exc}") from exc
+
+
+def _inline_chat_template(raw: dict[str, Any], path: Path) -> None:
+    """chat_template_file resolves like evaluation_file: relative to the recipe; read into chat_template."""
+    rel = raw.get("chat_template_file")
+    if not isinstance(rel, str):
+        return
+    if raw.get("chat_template"):
+        raise SpecError(str(path), "chat_template_file", "give chat_template or chat_template_file, not both")
+    tpl_path = (path.parent / Path(rel).expanduser()).resolve()
+    if not tpl_path.is_file():
+        raise SpecError(str(path), "chat_template_file", f"{tpl_path} does not exist")
+    if tpl_path.stat().st_size > 65536:
+        raise SpecError(str(path), "chat_template_file", f"{tpl_path} is over 64 KiB; not a chat template")
+    try:
+        raw["chat_template"] = tpl_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(path), "chat_template_file", f"{tpl_path} is not UTF-8 text: {exc}") from None
 
 
 def _resolve_local_paths(raw: dict[str, Any], path: Path) -> None:

@@ -56,6 +56,10 @@ Arch = Literal["x86_64", "aarch64", "armv7l", "xtensa"]
 Quant = Literal["fp32", "fp16", "int8", "int4"]
 Format = Literal["onnx-genai", "onnx", "tflite"]
 Task = Literal["text-generation", "feature-extraction"]
+# How a decoder's prompts are framed: "auto" = the model's own chat template when it has one, else
+# completion; "chat" = a template is required (the recipe's chat_template(_file), else the model's);
+# "completion" = raw prompts only (base models; chat requests are refused with HTTP 400).
+PromptFormat = Literal["auto", "chat", "completion"]
 ExecutionProvider = Literal[
     "CPUExecutionProvider",
     "CUDAExecutionProvider",
@@ -236,6 +240,30 @@ class Recipe(_Frozen):
     golden: tuple[Golden, ...] = ()
     evaluation_text: str = Field(default="", description="inline text (or evaluation_file)")
     evaluation_file: str | None = None
+    prompt_format: PromptFormat = "auto"
+    chat_template: str | None = Field(
+        default=None, min_length=1, max_length=65536, description="inline Jinja (or chat_template_file)"
+    )
+    chat_template_file: Line | None = Field(default=None, description="relative to the recipe file")
     targets: dict[Name, TargetOverride] = {}
     templates: dict[Line, str] = Field(default={}, description="extra bundle files, rendered in a sandbox")
     source_file: str = ""
+
+    @model_validator(mode="after")
+    def _framing(self) -> Recipe:
+        if self.chat_template is None:
+            return self
+        if self.prompt_format == "completion":
+            raise ValueError(
+                'a chat_template (or chat_template_file) contradicts prompt_format = "completion"'
+            )
+        if self.task != "text-generation":
+            raise ValueError("chat_template is for text-generation recipes")
+        from jinja2 import TemplateSyntaxError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        try:
+            ImmutableSandboxedEnvironment().parse(self.chat_template)
+        except TemplateSyntaxError as exc:
+            raise ValueError(f"chat_template is not valid Jinja: line {exc.lineno}: {exc.message}") from None
+        return self

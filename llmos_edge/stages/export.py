@@ -50,9 +50,31 @@ def prepare_from_gguf(
         {"op": "gguf_to_hf", "gguf_path": str(gguf), "out_dir": str(out)},
         on_progress=on_progress,
     )
-    repairs = repair_tokenizer(out)
+    conventions = _gguf_special_tokens(gguf, out)
+    repairs = repair_tokenizer(out)  # after: its end-of-turn fix (add_bos_token false) wins
     _inline_chat_template(out)
-    return {"architecture": info["architecture"], "tokenizer_repairs": repairs}
+    return {"architecture": info["architecture"], "tokenizer_repairs": repairs, "gguf_tokenizer": conventions}
+
+
+def _gguf_special_tokens(gguf: Path, hf_dir: Path) -> dict[str, bool]:
+    """The GGUF's tokenizer.ggml.add_bos_token / add_eos_token into tokenizer_config.json, where the
+    quality gate and the runtime read the BOS convention (Gemma 3: perplexity 14.8 with BOS, 58.9 without)."""
+    from .probe import gguf_flag
+
+    found = {
+        field: flag
+        for field, key in (
+            ("add_bos_token", "tokenizer.ggml.add_bos_token"),
+            ("add_eos_token", "tokenizer.ggml.add_eos_token"),
+        )
+        if (flag := gguf_flag(gguf, key)) is not None
+    }
+    cfg_path = hf_dir / "tokenizer_config.json"
+    if found and cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text())
+        cfg.update(found)
+        cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+    return found
 
 
 def _inline_chat_template(hf_dir: Path) -> None:
@@ -101,6 +123,8 @@ def build_decoder(
     accuracy_level: int = 4,
     execution_providers: tuple[str, ...] = ("CPUExecutionProvider",),
     on_progress: Progress = None,
+    prompt_format: str = "auto",
+    chat_template: str | None = None,
 ) -> dict[str, Any]:
     """onnxruntime-genai builder -> model dir (fused GQA, MatMulNBits, genai_config, llmos_model.json)."""
     _check_hf_dir(hf_dir)
@@ -122,7 +146,14 @@ def build_decoder(
     eos = md.eos_ids(out)
     md.patch_genai_config(out, eos=eos, context_length=context_length)
     md.write_descriptor(
-        out, name=name, task="text-generation", fmt="onnx-genai", quant=quant, context_length=context_length
+        out,
+        name=name,
+        task="text-generation",
+        fmt="onnx-genai",
+        quant=quant,
+        context_length=context_length,
+        prompt_format=prompt_format,
+        template=chat_template,
     )
     return {
         "architecture": info["architecture"],

@@ -212,6 +212,31 @@ def _gguf_architecture(f: _Budget, what: str) -> str:
     )
 
 
+_GGUF_BOOL = 7
+
+
+def gguf_flag(path: Path, key: str) -> bool | None:
+    """A boolean GGUF metadata value (tokenizer.ggml.add_bos_token), or None when absent, not a bool,
+    or not found within the metadata budget: the caller keeps the tokenizer's own convention then."""
+    what = str(path)
+    try:
+        with path.open("rb") as raw:
+            f = _Budget(raw, what)
+            head = _read(f, 24, what)
+            version, _n_tensors, n_kv = struct.unpack("<IQQ", head[4:24])
+            if head[:4] != b"GGUF" or version not in (2, 3) or n_kv > _MAX_KV:
+                return None
+            for _ in range(n_kv):
+                name = _read_str(f, what, _MAX_KEY_BYTES)
+                (vtype,) = struct.unpack("<I", _read(f, 4, what))
+                if name == key:
+                    return bool(_read(f, 1, what)[0]) if vtype == _GGUF_BOOL else None
+                _skip_value(f, vtype, what)
+    except (OSError, UserError):
+        return None
+    return None
+
+
 def _skip_value(f: _Budget, vtype: int, what: str, depth: int = 0) -> None:
     if vtype in _GGUF_SCALAR:
         _read(f, _GGUF_SCALAR[vtype], what)
