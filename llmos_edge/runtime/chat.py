@@ -1,7 +1,7 @@
 """Chat templates: render the model's own Jinja template, never a made-up one.
 
-jinja2 is not a device dependency: onnxruntime-genai renders natively; other engines need jinja2, and
-without it a chat request is refused with the fix (completion requests still work).
+onnxruntime-genai renders natively; the other engines render with jinja2, which bundles carry in their
+offline wheels. A runtime installed without it refuses chat requests with the fix (completions still work).
 """
 
 from __future__ import annotations
