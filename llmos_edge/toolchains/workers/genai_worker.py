@@ -78,7 +78,8 @@ def _run_builder(req: dict[str, Any], arch: str) -> list[str]:
 
     hf_dir, out, cache = req["hf_dir"], req["out_dir"], req["cache_dir"]
     precision, provider = req["precision"], req["execution_provider"]
-    opts = [f"{k}={v}" for k, v in req.get("extra_options", {}).items()]
+    options = {**sliding_window_options(hf_dir), **req.get("extra_options", {})}
+    opts = [f"{k}={v}" for k, v in options.items()]
     try:
         extra = builder.parse_extra_options("", hf_dir, out, precision, provider, cache, opts)
         normalized = normalize(extra["hf_details"]["hf_config"])
@@ -95,6 +96,22 @@ def _run_builder(req: dict[str, Any], arch: str) -> list[str]:
     except _BUILDER_FAILURES as exc:
         raise WorkerError("unsupported_architecture", builder_failure(arch, exc)) from exc
     return normalized
+
+
+def sliding_window_options(hf_dir: str) -> dict[str, str]:
+    """A model with sliding layers (Gemma 3) gets a full-length KV cache on those layers too.
+
+    The builder's default bounded window cache needs the generator's max_length to reach the window
+    ("KV cache capacity (14) must be at least local_window_size (16)", measured), and the runtime
+    sizes max_length per request (prompt + max_tokens), far below Gemma 3 270M's 512-token window.
+    Greedy tokens equal transformers' either way (tests/build/test_misread_configs.py).
+    """
+    import json
+
+    config = json.loads(Path(hf_dir, "config.json").read_text())
+    layer_types = config.get("layer_types") or []
+    sliding = isinstance(layer_types, list) and "sliding_attention" in layer_types
+    return {"windowed_kv_cache": "false"} if sliding and config.get("sliding_window") else {}
 
 
 def builder_failure(arch: str, exc: BaseException) -> str:
@@ -239,7 +256,7 @@ def tiny_decoder(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def hf_greedy(req: dict[str, Any]) -> dict[str, Any]:
-    """transformers' greedy continuation of token ids (the reference an export must reproduce)."""
+    """transformers' greedy continuation of token ids and each step's logits (the reference)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -248,9 +265,18 @@ def hf_greedy(req: dict[str, Any]) -> dict[str, Any]:
     ids = torch.tensor([req["ids"]], dtype=torch.long)
     with torch.no_grad():
         out = model.generate(
-            ids, max_new_tokens=int(req["max_new_tokens"]), do_sample=False, eos_token_id=None, pad_token_id=0
+            ids,
+            max_new_tokens=int(req["max_new_tokens"]),
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+            output_logits=True,
+            return_dict_in_generate=True,
         )
-    return {"ids": out[0, ids.shape[1] :].tolist()}
+    return {
+        "ids": out.sequences[0, ids.shape[1] :].tolist(),
+        "logits": [step[0].tolist() for step in out.logits],
+    }
 
 
 def hf_tokenize(req: dict[str, Any]) -> dict[str, Any]:
