@@ -79,6 +79,10 @@ def test_tiny_model_builds_for_host_and_answers(family: str, tmp_path: Path) -> 
     assert raw.returncode == 0, raw.stderr
     answer = json.loads(raw.stdout)
     assert answer["completion_tokens"] >= 1 and answer["finish_reason"] in ("length", "stop"), answer
+    # a request shorter than Gemma 3's sliding window (8): the runtime's max_length is then below it
+    short = _cli(tmp_path, "run", str(bundle), "Hi", "--raw", "--json", "--max-tokens", "1")
+    assert short.returncode == 0, short.stderr
+    assert json.loads(short.stdout)["prompt_tokens"] + 1 < 8
 
 
 def _onnx_greedy(model_dir: Path, ids: list[int], n: int) -> tuple[list[int], list[np.ndarray]]:
