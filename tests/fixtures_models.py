@@ -53,6 +53,7 @@ TINY_BERT = {
 _CODE_FILES = [
     Path(__file__),
     WORKERS_DIR / "genai_worker.py",
+    WORKERS_DIR / "genai_config_fix.py",
     WORKERS_DIR / "optimum_worker.py",
     Path(manager.__file__).parent.parent / "stages" / "export.py",
     Path(manager.__file__).parent.parent / "stages" / "quantize.py",
