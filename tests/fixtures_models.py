@@ -56,6 +56,7 @@ _CODE_FILES = [
     Path(__file__),
     TRAIN_SCRIPT,
     WORKERS_DIR / "genai_worker.py",
+    WORKERS_DIR / "genai_config_fix.py",
     WORKERS_DIR / "optimum_worker.py",
     Path(manager.__file__).parent.parent / "stages" / "export.py",
     Path(manager.__file__).parent.parent / "stages" / "quantize.py",
@@ -265,3 +266,56 @@ def copy_model(src: Path, dst: Path) -> Path:
     """A private copy of a shared fixture dir, for tests that modify it."""
     shutil.copytree(src, dst)
     return dst
+
+
+# Tiny decoders of the families whose configs the genai builder misreads (issue 11). Gemma 3: two
+# layers, one sliding (window 8, shorter than the test prompts) and one full.
+TINY_GEMMA3: dict[str, object] = {
+    **{k: v for k, v in TINY_LLAMA.items() if k != "rms_norm_eps"},
+    "head_dim": 16,
+    "sliding_window": 8,
+    "layer_types": ["sliding_attention", "full_attention"],
+    "query_pre_attn_scalar": 16,
+}
+# Phi-3 whose max_position_embeddings differs from original_max_position_embeddings, no rope_scaling
+TINY_PHI3: dict[str, object] = {
+    **TINY_LLAMA,
+    "tie_word_embeddings": False,
+    "max_position_embeddings": 4096,
+    "original_max_position_embeddings": 2048,
+}
+TINY_FAMILIES: dict[str, tuple[str, str, dict[str, object]]] = {
+    "gemma3": ("gemma3_text", "Gemma3ForCausalLM", TINY_GEMMA3),
+    "phi3": ("phi3", "Phi3ForCausalLM", TINY_PHI3),
+}
+
+
+def make_tiny_family_hf(out: Path, family: str, *, seed: int = 0) -> Path:
+    """A random tiny decoder of `family` (TINY_FAMILIES) as an HF folder with the tiny BPE tokenizer."""
+    from llmos_edge.toolchains.contract import run_worker
+
+    model_type, architecture, config = TINY_FAMILIES[family]
+    run_worker(
+        manager.ensure("onnx-genai", progress=False),
+        "genai_worker.py",
+        {
+            "op": "tiny_decoder",
+            "out_dir": str(out),
+            "model_type": model_type,
+            "architecture": architecture,
+            "config": config,
+            "seed": seed,
+        },
+    )
+    write_tiny_bpe(out)
+    return out
+
+
+def tiny_family_hf_dir(family: str) -> Path:
+    """Cached tiny HF folder of a TINY_FAMILIES decoder (input of build tests; copy before editing)."""
+
+    def build(tmp: Path) -> None:
+        make_tiny_family_hf(tmp, family)
+        (tmp / "llmos_model.json").write_text("{}")  # completion marker for _cached
+
+    return _cached(f"tiny-{family}-hf", "onnx-genai", build)
