@@ -34,11 +34,11 @@ def _chat_ids(model_dir: Path) -> list[int]:
     """Chat prompt ids without loading a second model (tokenizers + the same template renderer)."""
     from tokenizers import Tokenizer
 
-    from llmos_edge.runtime.chat import find_template, make_renderer
+    from llmos_edge.runtime.chat import make_renderer
     from llmos_edge.runtime.descriptor import read_descriptor
 
-    template = find_template(model_dir, read_descriptor(model_dir).chat_template)
-    text = make_renderer(template, {})([{"role": "user", "content": PROMPT}])
+    desc = read_descriptor(model_dir)
+    text = make_renderer(desc.name, desc.chat_template, {})([{"role": "user", "content": PROMPT}])
     ids: list[int] = (
         Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode(text, add_special_tokens=False).ids
     )

@@ -1,7 +1,7 @@
 """Content-addressed stage cache: key = hash(input hashes, stage options, toolchain lock, stage code).
 
-The code part (STAGE_CODE) hashes the worker scripts and stage modules that produce a stage, so an
-edited worker never silently reuses an output made by its old version.
+The code part (formats.Exporter.stage_code) hashes the worker scripts and stage modules behind a
+stage, so an edited worker never silently reuses an output made by its old version.
 
 Each entry is a folder cache_root()/stages/<stage>/<key>/ created atomically (temp folder renamed
 when the stage succeeded), so an entry that exists is complete. `.llmos-stage.json` inside records
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .formats import Exporter, stage_code_union
 from .fsutil import atomic_dir
 from .paths import cache_root
 
@@ -40,18 +41,10 @@ class CacheEntry:
 
 
 _PKG = Path(__file__).resolve().parent
-_WORKERS = ("toolchains/workers/_contract.py", "toolchains/workers/genai_worker.py",
-            "toolchains/workers/optimum_worker.py")
-# Source files (relative to the llmos_edge package) whose code makes each stage's output. Both
-# workers count for export/quantize: one stage name serves decoders and encoders (safe over-invalidation).
-STAGE_CODE: dict[str, tuple[str, ...]] = {
-    "prepare": ("build_model.py", "stages/export.py", "stages/tokenizer_repair.py", "stages/model_dir.py",
-                *_WORKERS),
-    "export": ("build_model.py", "stages/export.py", "stages/model_dir.py", *_WORKERS),
-    "quantize": ("build_model.py", "stages/quantize.py", "stages/export.py", "stages/model_dir.py",
-                 *_WORKERS),
-    "evaluate": ("build_model.py", "stages/evaluate.py", "stages/model_dir.py"),
-}
+# stage -> source files (relative to the llmos_edge package) whose code makes that stage's output, over
+# every format. Builds key each stage on their own exporter's files (formats.Exporter.stage_code);
+# this union serves a stage_key() called without an exporter (safe over-invalidation).
+STAGE_CODE: dict[str, tuple[str, ...]] = stage_code_union()
 
 
 @functools.lru_cache(maxsize=256)
@@ -75,6 +68,14 @@ def code_hash(files: Iterable[Path]) -> str:
 
 def stage_code_files(stage: str) -> list[Path]:
     return [_PKG / rel for rel in STAGE_CODE.get(stage, ())]
+
+
+def code_files(exporter: Exporter, stage: str) -> list[Path]:
+    """The files behind `stage` of one exporter; a stage the table does not list is a bug."""
+    files = exporter.code_files(stage)
+    if not files:
+        raise KeyError(f"formats table: {exporter.format}/{exporter.task} lists no code for stage {stage!r}")
+    return [_PKG / rel for rel in files]
 
 
 def stages_root() -> Path:

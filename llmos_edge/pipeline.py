@@ -1,25 +1,28 @@
 """`llmos_edge.build()`: recipe + target -> quality-checked model -> signed device bundle.
 
-The model half (toolchains, export, quantization, quality gate, stage cache) lives in
-build_model.py; the bundle half in bundle/. This module only sequences them and writes the
+The model half (toolchains, export, quantization, quality gate, stage cache) lives in the
+build_model package; the bundle half in bundle/. This module only sequences them and writes the
 build report, so CI scripts and the CLI share one code path.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import spec
 from .errors import UserError
 from .fsutil import atomic_dir, atomic_write_text, ensure_free_space
-from .paths import cache_root
 from .plan import BuildPlan, make_plan
-from .spec.models import Format, Quant
+from .spec.models import Format, Quant, Recipe, Target
+from .stages import probe
+
+if TYPE_CHECKING:
+    from .build_model import ModelBuild
+    from .bundle.spec import BundleResult
 
 DEFAULT_TARGET = "host"
 DEFAULT_RECIPE = "smollm2-135m-instruct"
@@ -34,6 +37,7 @@ class BuildResult:
     bundle_dir: Path
     image: Path
     report: dict[str, Any]
+    signing_key: Path | None = None  # the private key that signed the image (None: --unsigned)
 
 
 def plan(
@@ -43,23 +47,37 @@ def plan(
     quant: Quant | None = None,
     format: Format | None = None,
 ) -> BuildPlan:
-    """Resolve a build without running it; raises UserError for builds that cannot fit or run."""
-    return make_plan(spec.load_target(target), spec.load_recipe(recipe), quant=quant, format=format)
+    """Resolve a build without running it; raises UserError for builds that cannot fit or run.
+
+    Reads what plan-time refusals need and nothing more: the source's kind and architecture
+    (config.json or the GGUF header) and whether this host can run the format's quality gate.
+    """
+    the_target, the_recipe = spec.load_target(target), spec.load_recipe(recipe)
+    base = recipe_dir(the_recipe)
+    probe.check_source_kind(the_recipe.source, base)
+    arch = probe.read_architecture(the_recipe.source, base)
+    the_plan = make_plan(
+        the_target,
+        the_recipe,
+        quant=quant,
+        format=format,
+        architecture=arch.name if arch else None,
+        config=arch.config if arch else None,
+    )
+    probe.check_host(the_plan.exporter)
+    return the_plan
+
+
+def recipe_dir(recipe: Recipe) -> Path | None:
+    """Relative source paths resolve against the recipe file's folder."""
+    return Path(recipe.source_file).parent if recipe.source_file else None
 
 
 def default_signing_key() -> Path:
-    """Bundles are signed by default; the first build makes a local key and says where it is."""
-    configured = os.environ.get("LLMOS_EDGE_SIGNING_KEY")
-    if configured:
-        return Path(configured)
-    key = cache_root().parent.parent / ".config" / "llmos-edge" / "signing.key"
-    if os.environ.get("XDG_CONFIG_HOME"):
-        key = Path(os.environ["XDG_CONFIG_HOME"]) / "llmos-edge" / "signing.key"
-    if not key.exists():
-        from .bundle import generate_keys
+    """Bundles are signed by default; the first build makes a key in the config folder and says where."""
+    from .bundle.keyplace import default_signing_key as _default
 
-        generate_keys(key.with_suffix(""))
-    return key
+    return _default()
 
 
 def build(
@@ -76,6 +94,7 @@ def build(
     encrypt_for: Path | None = None,
     version: str = "0.1.0",
     progress: bool = True,
+    no_gate: bool = False,
 ) -> BuildResult:
     """Run every stage; the output folder appears only when the whole build succeeded."""
     from .build_model import build_model
@@ -84,11 +103,17 @@ def build(
     the_plan = plan(target, recipe, quant=quant, format=format)
     out = out or Path("build") / f"{the_plan.recipe.name}-{the_plan.target.name}"
     ensure_free_space(out.parent.resolve(), _needed_bytes(the_plan), "the build output")
-    model = build_model(the_plan, no_cache=no_cache, progress=progress)
+    model = build_model(the_plan, no_cache=no_cache, progress=progress, no_gate=no_gate)
     key = None if unsigned else (signing_key or default_signing_key())
     with atomic_dir(out.resolve()) as tmp:
         bundle = _make_bundle(
-            the_plan, model, tmp, key=key, wheels=wheels, encrypt_for=encrypt_for, version=version,
+            the_plan,
+            model,
+            tmp,
+            key=key,
+            wheels=wheels,
+            encrypt_for=encrypt_for,
+            version=version,
             use_cache=not no_cache,
         )
         firmware = _maybe_firmware(the_plan, tmp, version)
@@ -103,6 +128,7 @@ def build(
         bundle_dir=bundle_dir,
         image=final / bundle.image.name,
         report=report,
+        signing_key=key.resolve() if key else None,
     )
 
 
@@ -114,7 +140,7 @@ def _needed_bytes(the_plan: BuildPlan) -> int:
 
 def _make_bundle(
     the_plan: BuildPlan,
-    model: Any,
+    model: ModelBuild,
     out: Path,
     *,
     key: Path | None,
@@ -122,7 +148,7 @@ def _make_bundle(
     encrypt_for: Path | None,
     version: str,
     use_cache: bool = True,
-) -> Any:
+) -> BundleResult:
     from .bundle import BundleSpec, make_bundle
 
     spec_ = BundleSpec(
@@ -142,12 +168,13 @@ def _make_bundle(
     return make_bundle(spec_, out, use_cache=use_cache)
 
 
-def _runtime_target(the_plan: BuildPlan) -> Any:
+def _runtime_target(the_plan: BuildPlan) -> Target:
     """For host-offload targets the bundle runs on the host the chip is attached to (+ the bridge)."""
     if the_plan.target.bundle_kind == "esp32s3-host-offload" and the_plan.target.esp32 is not None:
         from .esp32.hostpkg import host_bundle_target
 
-        return host_bundle_target(the_plan.target)
+        host: Target = host_bundle_target(the_plan.target)
+        return host
     return the_plan.target
 
 
@@ -168,7 +195,7 @@ def _maybe_firmware(the_plan: BuildPlan, out: Path, version: str) -> dict[str, A
 def _report(
     the_plan: BuildPlan,
     model_report: dict[str, Any],
-    bundle: Any,
+    bundle: BundleResult,
     firmware: dict[str, Any] | None,
     key: Path | None,
     seconds: float,
@@ -204,6 +231,12 @@ def answer(result: BuildResult, prompt: str, *, max_tokens: int = 64) -> str:
             f"{result.plan.recipe.name} is a {result.plan.task} model; it answers no prompts",
             hints=["serve it and call /v1/embeddings instead"],
         )
+    from .runtime.descriptor import read_descriptor
+
     config = replace(config_for_model_dirs([result.model_dir]), audit_log=None)
-    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0}
+    body: dict[str, Any] = {"max_tokens": max_tokens, "temperature": 0}
+    if read_descriptor(result.model_dir).prompt_format == "completion":  # a base model: raw text
+        body["prompt"] = prompt
+    else:
+        body["messages"] = [{"role": "user", "content": prompt}]
     return generate_to(config, None, body, lambda _piece: None).text.strip()

@@ -29,6 +29,7 @@ CORPUS = [
     "Edge devices run small language models. A Raspberry Pi has four cores and a few GB of memory.",
     "Quantization stores weights in fewer bits; int4 block-wise keeps one scale per 32 weights.",
     "What is the capital of France? Paris is the capital and largest city of France.",
+    "The quick brown fox jumps over the lazy dog.",
 ] * 20
 TINY_LLAMA: dict[str, int | float | bool] = {
     "vocab_size": 512,
@@ -51,12 +52,14 @@ TINY_BERT = {
     "intermediate_size": 64,
     "max_position_embeddings": 128,
 }
+TRAIN_SCRIPT = Path(__file__).resolve().parent / "train_tiny.py"
 _STAGES = Path(manager.__file__).parent.parent / "stages"
 # What each toolchain's fixtures are made by. A fixture is keyed on its own toolchain's lock and code
 # only, so an edit to another exporter (or anywhere else) keeps it cached; this file is the fixtures'
 # recipe and counts for all of them.
 _CODE_FILES = {
-    "onnx-genai": [WORKERS_DIR / "genai_worker.py", _STAGES / "export.py", _STAGES / "model_dir.py"],
+    "onnx-genai": [WORKERS_DIR / "genai_worker.py", WORKERS_DIR / "genai_config_fix.py",
+                   _STAGES / "export.py", _STAGES / "model_dir.py"],
     "onnx-optimum": [WORKERS_DIR / "optimum_worker.py", _STAGES / "export.py", _STAGES / "quantize.py",
                      _STAGES / "model_dir.py"],
     "tflite": [WORKERS_DIR / "tflite_export.py", WORKERS_DIR / "tflite_common.py", _STAGES / "tflite.py",
@@ -66,7 +69,7 @@ _CODE_FILES = {
 
 def _fixture_hash(toolchain: str) -> str:
     h = hashlib.sha256(manager.resolve(toolchain).lock_hash.encode())
-    for f in [Path(__file__), WORKERS_DIR / "_contract.py", *_CODE_FILES[toolchain]]:
+    for f in [Path(__file__), TRAIN_SCRIPT, WORKERS_DIR / "_contract.py", *_CODE_FILES[toolchain]]:
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:12]
 
@@ -138,8 +141,32 @@ def write_tiny_wordpiece(out: Path) -> None:
     (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
 
 
+def train_tiny(tc: manager.Toolchain, model_dir: Path, texts: list[str]) -> None:
+    """A few seconds of training (train_tiny.py in the toolchain's python): a random model's
+    perplexity ~ its vocabulary size, which the quality gate reports as an untrained reference."""
+    import os
+    import subprocess
+
+    texts_file = model_dir / "train_texts.json"
+    texts_file.write_text(json.dumps(texts))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    try:
+        subprocess.run(
+            [str(tc.python), str(TRAIN_SCRIPT), str(model_dir), str(texts_file)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+    finally:
+        texts_file.unlink(missing_ok=True)
+
+
 def make_tiny_llama_hf(out: Path, *, architecture: str = "LlamaForCausalLM", seed: int = 0) -> Path:
-    """A random 2-layer hidden-64 Llama as an HF folder with the tiny BPE tokenizer."""
+    """A 2-layer hidden-64 Llama as an HF folder with the tiny BPE tokenizer, trained for a few seconds
+    on CORPUS (a random one would be an untrained reference for the quality gate)."""
     tc = manager.ensure("onnx-genai", progress=False)
     from llmos_edge.toolchains.contract import run_worker
 
@@ -155,6 +182,7 @@ def make_tiny_llama_hf(out: Path, *, architecture: str = "LlamaForCausalLM", see
         },
     )
     write_tiny_bpe(out)
+    train_tiny(tc, out, CORPUS)
     return out
 
 
@@ -245,3 +273,56 @@ def copy_model(src: Path, dst: Path) -> Path:
     """A private copy of a shared fixture dir, for tests that modify it."""
     shutil.copytree(src, dst)
     return dst
+
+
+# Tiny decoders of the families whose configs the genai builder misreads (issue 11). Gemma 3: two
+# layers, one sliding (window 8, shorter than the test prompts) and one full.
+TINY_GEMMA3: dict[str, object] = {
+    **{k: v for k, v in TINY_LLAMA.items() if k != "rms_norm_eps"},
+    "head_dim": 16,
+    "sliding_window": 8,
+    "layer_types": ["sliding_attention", "full_attention"],
+    "query_pre_attn_scalar": 16,
+}
+# Phi-3 whose max_position_embeddings differs from original_max_position_embeddings, no rope_scaling
+TINY_PHI3: dict[str, object] = {
+    **TINY_LLAMA,
+    "tie_word_embeddings": False,
+    "max_position_embeddings": 4096,
+    "original_max_position_embeddings": 2048,
+}
+TINY_FAMILIES: dict[str, tuple[str, str, dict[str, object]]] = {
+    "gemma3": ("gemma3_text", "Gemma3ForCausalLM", TINY_GEMMA3),
+    "phi3": ("phi3", "Phi3ForCausalLM", TINY_PHI3),
+}
+
+
+def make_tiny_family_hf(out: Path, family: str, *, seed: int = 0) -> Path:
+    """A random tiny decoder of `family` (TINY_FAMILIES) as an HF folder with the tiny BPE tokenizer."""
+    from llmos_edge.toolchains.contract import run_worker
+
+    model_type, architecture, config = TINY_FAMILIES[family]
+    run_worker(
+        manager.ensure("onnx-genai", progress=False),
+        "genai_worker.py",
+        {
+            "op": "tiny_decoder",
+            "out_dir": str(out),
+            "model_type": model_type,
+            "architecture": architecture,
+            "config": config,
+            "seed": seed,
+        },
+    )
+    write_tiny_bpe(out)
+    return out
+
+
+def tiny_family_hf_dir(family: str) -> Path:
+    """Cached tiny HF folder of a TINY_FAMILIES decoder (input of build tests; copy before editing)."""
+
+    def build(tmp: Path) -> None:
+        make_tiny_family_hf(tmp, family)
+        (tmp / "llmos_model.json").write_text("{}")  # completion marker for _cached
+
+    return cached_export(f"tiny-{family}-hf", "onnx-genai", build)

@@ -7,10 +7,12 @@ from typing import Any
 
 from ..errors import CheckFailed
 from . import manifest as mf
-from .extract import open_bundle
+from .extract import is_image, open_bundle, read_head
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
+    if is_image(path):  # only the manifest is read from the stream; nothing is extracted
+        return mf.parse(read_head(path).manifest, path / mf.MANIFEST)
     folder = open_bundle(path)
     man = folder / mf.MANIFEST
     if not man.is_file():

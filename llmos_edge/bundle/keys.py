@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import CheckFailed, UserError
 from ..fsutil import atomic_write_bytes
+from .keyplace import check_folder_place
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -32,6 +33,8 @@ def generate_keys(out_prefix: Path, *, device: bool = False, force: bool = False
     if existing and not force:
         raise UserError(f"{existing[0]} already exists; refusing to overwrite a key",
                         hints=["choose another --out prefix", "or pass --force to replace it"])
+    priv_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_folder_place(priv_path)  # refuse before writing a key that could not be used safely
     key = X25519PrivateKey.generate() if device else Ed25519PrivateKey.generate()
     priv_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                  serialization.NoEncryption())
@@ -39,6 +42,7 @@ def generate_keys(out_prefix: Path, *, device: bool = False, force: bool = False
                                             serialization.PublicFormat.SubjectPublicKeyInfo)
     _write_private(priv_path, priv_pem)
     atomic_write_bytes(pub_path, pub_pem)
+    pub_path.chmod(0o644)  # public by nature: others verify with it
     return priv_path, pub_path
 
 
@@ -70,6 +74,9 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from .keyplace import check_private_key_place
+
+    check_private_key_place(path)
     try:
         key = serialization.load_pem_private_key(_read(path, "signing key"), password=None)
     except ValueError as exc:

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ..errors import CheckFailed, UserError
+from ..spec.limits import depth_problem
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 NOT_IN_FILES = frozenset({MANIFEST, SIGNATURE})
+MAX_MANIFEST_BYTES = 16 << 20  # thousands of files fit in well under 1 MiB
+MAX_DEPTH = 32  # the manifest nests 4 levels
+MAX_FILE_BYTES = 64 << 30
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 DEFAULT_EPOCH = 0  # used when SOURCE_DATE_EPOCH is unset: builds stay reproducible by default
 
 
@@ -43,23 +49,40 @@ def dump(manifest: dict[str, Any]) -> bytes:
 
 
 def parse(data: bytes, where: Path) -> dict[str, Any]:
+    """Parse within limits (size, nesting): a hostile manifest is a clear CheckFailed, never a crash."""
+    damaged = ["the bundle is damaged or was tampered with; rebuild or re-download it"]
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise CheckFailed(f"{where} is {len(data)} bytes; the limit is {MAX_MANIFEST_BYTES}", hints=damaged)
     try:
-        raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckFailed(f"{where} is not valid JSON: {exc}",
-                          hints=["the bundle is damaged; rebuild or re-download it"]) from exc
+        text = data.decode("utf-8")
+        problem = depth_problem(text, toml=False, max_depth=MAX_DEPTH)
+        if problem:
+            raise CheckFailed(f"{where} {problem}", hints=damaged)
+        raw = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckFailed(f"{where} is not valid JSON: {exc}", hints=damaged) from exc
     if not isinstance(raw, dict) or raw.get("schema_version") != SCHEMA_VERSION:
         raise CheckFailed(f"{where}: unsupported manifest (schema_version must be {SCHEMA_VERSION})",
                           hints=["use the llmos-edge version that built the bundle"])
     files = raw.get("files")
     if not isinstance(files, dict) or not all(_is_entry(v) for v in files.values()):
         raise CheckFailed(f"{where}: 'files' must map paths to {{sha256, size}}")
+    if not all(isinstance(raw.get(k), str) and raw[k] for k in ("name", "bundle_version")):
+        raise CheckFailed(f"{where}: 'name' and 'bundle_version' must be non-empty strings",
+                          hints=["the bundle is damaged or was not written by `llmos-edge build`"])
     return raw
 
 
+def bad_relpath(rel: str) -> bool:
+    """A listed path that could point outside the bundle, or over its manifest/signature."""
+    return (not rel or rel.startswith("/") or "\\" in rel or "\0" in rel
+            or any(x in ("..", ".", "") for x in rel.split("/")) or rel in NOT_IN_FILES)
+
+
 def _is_entry(value: Any) -> bool:
-    return (isinstance(value, dict) and isinstance(value.get("sha256"), str)
-            and isinstance(value.get("size"), int))
+    size, digest = (value.get("size"), value.get("sha256")) if isinstance(value, dict) else (None, None)
+    return (isinstance(digest, str) and _SHA256.fullmatch(digest) is not None
+            and isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= MAX_FILE_BYTES)
 
 
 @dataclass(frozen=True)

@@ -106,27 +106,64 @@ def _path_problem(relpath: str) -> str | None:
     return None
 
 
+RENDER_TIMEOUT_S = 10.0
+RENDER_MAX_BYTES = 16 << 20  # all of a recipe's templates together
+RENDER_MAX_MEMORY = 1 << 30
+_HINTS = {
+    "security": ["recipe templates may only use the variables they are given"],
+    "undefined": [],
+    "forbidden": ["inline the text instead of including another template"],
+    "size": ["recipe templates add small text files; generate large data elsewhere"],
+}
+
+
 def render_recipe_templates(templates: Mapping[str, str], context: Mapping[str, Any],
                             recipe: str) -> dict[str, str]:
-    """Render recipe-supplied templates in an ImmutableSandboxedEnvironment."""
-    import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+    """Render recipe-supplied templates sandboxed, in a child process with a time and memory budget."""
+    rels = {relpath: check_output_path(relpath, recipe) for relpath in sorted(templates)}
+    if not rels:
+        return {}
+    answer = _run_sandbox({"templates": dict(templates), "context": dict(context),
+                           "max_bytes": RENDER_MAX_BYTES}, recipe)
+    if "error" in answer:
+        err = answer["error"]
+        where = f"recipe {recipe!r}: template {err['template']!r}"
+        hints = _HINTS.get(err["kind"], [])
+        if err["kind"] == "undefined":
+            hints = [f"available: {', '.join(sorted(context))}"]
+        raise UserError(f"{where} {_VERBS.get(err['kind'], 'failed:')} {err['message']}", hints=hints)
+    rendered: dict[str, str] = answer["ok"]
+    return {rels[k]: v for k, v in rendered.items()}
 
-    env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                                        autoescape=False)
-    env.filters["to_json"] = _to_json
-    out: dict[str, str] = {}
-    for relpath in sorted(templates):
-        rel = check_output_path(relpath, recipe)
-        where = f"recipe {recipe!r}: template {relpath!r}"
-        try:
-            out[rel] = env.from_string(templates[relpath]).render(**context)
-        except SecurityError as exc:
-            raise UserError(f"{where} tried an operation the sandbox forbids: {exc}",
-                            hints=["recipe templates may only use the variables they are given"]) from exc
-        except jinja2.UndefinedError as exc:
-            raise UserError(f"{where} uses an undefined variable: {exc.message}",
-                            hints=[f"available: {', '.join(sorted(context))}"]) from exc
-        except jinja2.TemplateError as exc:
-            raise UserError(f"{where} is not a valid Jinja2 template: {exc}") from exc
-    return out
+
+_VERBS = {"security": "tried an operation the sandbox forbids:", "undefined": "uses an undefined variable:",
+          "syntax": "is not a valid Jinja2 template:", "forbidden": "", "size": ""}
+
+
+def _run_sandbox(request: dict[str, Any], recipe: str) -> dict[str, Any]:
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "from llmos_edge.bundle.sandbox_render import main; main()")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parents[2])],
+                              input=json.dumps(request), capture_output=True, text=True,
+                              timeout=RENDER_TIMEOUT_S, preexec_fn=_limit_memory, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise UserError(f"recipe {recipe!r}: its templates did not finish rendering within "
+                        f"{RENDER_TIMEOUT_S:.0f} s; refusing them",
+                        hints=["a template loops too long; recipe templates add small text files"]) from exc
+    try:
+        answer: dict[str, Any] = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise UserError(f"recipe {recipe!r}: rendering its templates failed (exit {proc.returncode}, "
+                        f"e.g. over the {RENDER_MAX_MEMORY >> 20} MiB memory budget): "
+                        f"{proc.stderr.strip()[-300:]}") from None
+    return answer
+
+
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (RENDER_MAX_MEMORY, RENDER_MAX_MEMORY))

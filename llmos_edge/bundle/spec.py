@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]+)?$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -42,15 +43,20 @@ class BundleSpec:
 
     def validate(self) -> None:
         """Names end up in file names and on devices: keep them to a safe alphabet."""
-        if not _VERSION_RE.match(self.version):
+        if not _VERSION_RE.fullmatch(self.version):
             raise UserError(f"bundle version {self.version!r} is not MAJOR.MINOR.PATCH[-tag]",
                             hints=["pass e.g. --version 1.0.0 or 1.2.0-rc1"])
-        if not _NAME_RE.match(self.bundle_name):
+        if not _NAME_RE.fullmatch(self.bundle_name):
             raise UserError(f"bundle name {self.bundle_name!r} may only use letters, digits, '.', '_', '-'")
         if not self.models:
             raise UserError("a bundle needs at least one model directory")
+        for key, value in self.config_overrides.items():
+            # device_key and host land in the systemd unit / ExecStart line: one line, no control chars
+            if isinstance(value, str) and _CONTROL_RE.search(value):
+                raise UserError(f"runtime config override {key}={value!r} contains a newline or "
+                                "control character", hints=["use a plain one-line value"])
         for model_id, path in self.models.items():
-            if not _NAME_RE.match(model_id):
+            if not _NAME_RE.fullmatch(model_id):
                 raise UserError(f"model id {model_id!r} may only use letters, digits, '.', '_', '-'")
             if not (path / "llmos_model.json").is_file():
                 raise UserError(f"{path} is not a model directory (no llmos_model.json)",

@@ -1,7 +1,9 @@
 """Verify a bundle: the manifest signature, then every file against the manifest.
 
 Order matters: the signature is checked first, so the file list we then trust is the signed one.
-All file problems are collected and reported together, each naming the file.
+An image is verified before extraction: its manifest is read from the stream and checked, and
+only then are the listed files extracted, each size- and hash-checked as it streams (extract.py).
+All file problems of a folder are collected and reported together, each naming the file.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ..errors import CheckFailed
 from ..fsutil import sha256_file
@@ -24,17 +26,29 @@ AUDIT_LOG = "audit.jsonl"  # under cache_root(): host-side record of accepted un
 
 def verify_bundle(path: Path, pubkey: Path | None, *, allow_unsigned: bool = False) -> mf.Manifest:
     """Return the verified manifest of a bundle folder or image; raise CheckFailed otherwise."""
-    folder = open_bundle(path)
+    trusted: list[str | None] = []
+
+    def check(data: bytes, sig: bytes | None, raw: dict[str, object]) -> None:
+        trusted.append(_check_trust(path, data, sig, raw, pubkey, allow_unsigned))
+
+    folder = open_bundle(path, check)  # an image: signature checked, then listed files hash-checked
     data = _read_manifest(folder)
     raw = mf.parse(data, folder / mf.MANIFEST)
-    signed_by = _check_trust(folder, data, raw, pubkey, allow_unsigned)
+    if trusted:  # just extracted from the image under that check: every file was checked on the way
+        return _accepted(path, mf.Manifest(raw=raw, folder=folder, signed_by=trusted[0],
+                                           unsigned_allowed=trusted[0] is None))
+    signed_by = _check_trust(folder, data, _read_signature(folder), raw, pubkey, allow_unsigned)
     problems = file_problems(folder, raw["files"])
     if problems:
         listed = problems[:_MAX_LISTED]
         more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
         raise CheckFailed(f"bundle {path} does not match its manifest:\n  " + "\n  ".join(listed) + more,
                           hints=["the bundle was changed or damaged after it was built; rebuild it"])
-    result = mf.Manifest(raw=raw, folder=folder, signed_by=signed_by, unsigned_allowed=signed_by is None)
+    return _accepted(path, mf.Manifest(raw=raw, folder=folder, signed_by=signed_by,
+                                       unsigned_allowed=signed_by is None))
+
+
+def _accepted(path: Path, result: mf.Manifest) -> mf.Manifest:
     if result.unsigned_allowed:
         record_unsigned(path, result)
     return result
@@ -59,14 +73,18 @@ def _read_manifest(folder: Path) -> bytes:
     return path.read_bytes()
 
 
-def _check_trust(folder: Path, data: bytes, raw: dict[str, object], pubkey: Path | None,
+def _read_signature(folder: Path) -> bytes | None:
+    sig_path = folder / mf.SIGNATURE
+    return sig_path.read_bytes() if sig_path.is_file() and not sig_path.is_symlink() else None
+
+
+def _check_trust(folder: Path, data: bytes, sig: bytes | None, raw: dict[str, object], pubkey: Path | None,
                  allow_unsigned: bool) -> str | None:
     """Key id of a valid signer, or None when the user explicitly accepted an unsigned bundle."""
-    sig_path = folder / mf.SIGNATURE
-    has_sig = sig_path.is_file() and not sig_path.is_symlink()
-    if has_sig and pubkey is not None:
+    has_sig = sig is not None
+    if sig is not None and pubkey is not None:
         try:
-            return check_signature(data, sig_path.read_bytes(), pubkey)
+            return check_signature(data, sig, pubkey)
         except CheckFailed as exc:
             signing = raw.get("signing")
             if isinstance(signing, dict) and signing.get("key_id"):
@@ -77,15 +95,12 @@ def _check_trust(folder: Path, data: bytes, raw: dict[str, object], pubkey: Path
     if not has_sig:
         raise CheckFailed(f"bundle {folder} is not signed ({mf.SIGNATURE} is missing); refusing it",
                           hints=["build it with --sign-key KEY", "or pass --allow-unsigned (recorded)"])
+    from .keyplace import KEY_NAME, config_dir, public_of
+
     raise CheckFailed("no public key given to verify the bundle's signature; refusing to trust it",
                       hints=["pass --key PUB (the .pub from `llmos-edge keys generate`)",
+                             f"serve/run/smoke/verify also look for {public_of(config_dir() / KEY_NAME)}",
                              "or pass --allow-unsigned to accept it unverified (recorded)"])
-
-
-def _bad_relpath(rel: str) -> bool:
-    p = PurePosixPath(rel)
-    return (not rel or p.is_absolute() or "\\" in rel or any(x in ("..", ".", "") for x in rel.split("/"))
-            or rel in mf.NOT_IN_FILES)
 
 
 def _tree(folder: Path) -> tuple[set[str], list[str]]:
@@ -110,7 +125,7 @@ def _tree(folder: Path) -> tuple[set[str], list[str]]:
 def file_problems(folder: Path, expected: dict[str, dict[str, object]]) -> list[str]:
     present, problems = _tree(folder)
     for rel in sorted(expected):
-        if _bad_relpath(rel):
+        if mf.bad_relpath(rel):
             problems.append(f"{rel!r}: manifest lists a path outside the bundle")
         elif rel not in present:
             problems.append(f"{rel}: missing (listed in the manifest)")

@@ -18,7 +18,9 @@ from ..errors import UserError
 from ..fsutil import atomic_dir
 from ..paths import cache_root
 
-RUNTIME_DISTS = ("onnxruntime", "onnxruntime-genai", "numpy", "tokenizers")
+# jinja2 (+ markupsafe, pinned too so the wheel set is reproducible): chat templates of the engines
+# onnxruntime-genai does not render itself (plain onnxruntime decoders, TFLite); without it their chat is 503.
+RUNTIME_DISTS = ("onnxruntime", "onnxruntime-genai", "numpy", "tokenizers", "jinja2", "markupsafe")
 CRYPTO_DISTS = ("cryptography",)
 
 

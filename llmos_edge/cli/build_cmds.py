@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from ..formats import FORMATS, QUANTS
 from .output import emit_json, json_option, table
 
-_QUANTS = click.Choice(["fp32", "fp16", "int8", "int4"])
-_FORMATS = click.Choice(["onnx-genai", "onnx", "tflite"])
+if TYPE_CHECKING:
+    from ..pipeline import BuildResult
+
+_QUANTS = click.Choice(QUANTS)
+_FORMATS = click.Choice(FORMATS)
 
 
-def _target_recipe(fn: Any) -> Any:
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def _target_recipe(fn: F) -> F:
     fn = click.option(
         "--recipe",
         "-r",
@@ -38,7 +46,7 @@ def plan_cmd(target: str, recipe: str, quant: str | None, fmt: str | None, as_js
         emit_json(data)
         return
     rows = [(k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in data.items()]
-    table(f"plan: {recipe} for {target}", ["field", "value"], rows)
+    table(f"plan: {data['recipe']} for {data['target']}", ["field", "value"], rows)
 
 
 @click.command("build")
@@ -59,6 +67,12 @@ def plan_cmd(target: str, recipe: str, quant: str | None, fmt: str | None, as_js
 )
 @click.option("--bundle-version", default="0.1.0", show_default=True, help="Bundle version (semver).")
 @click.option("--prompt", help="After building, ask the model this and print its answer.")
+@click.option(
+    "--no-gate",
+    is_flag=True,
+    help="Do not enforce the quality gate (needed when the recipe has nothing to evaluate); "
+    "the report records it.",
+)
 @json_option
 def build_cmd(
     target: str,
@@ -73,6 +87,7 @@ def build_cmd(
     encrypt_for: Path | None,
     bundle_version: str,
     prompt: str | None,
+    no_gate: bool,
     as_json: bool,
 ) -> None:
     """Build a quality-checked, signed device bundle for TARGET from RECIPE."""
@@ -91,6 +106,7 @@ def build_cmd(
         encrypt_for=encrypt_for,
         version=bundle_version,
         progress=not as_json,
+        no_gate=no_gate,
     )
     reply = answer(result, prompt) if prompt else None
     if as_json:
@@ -101,17 +117,24 @@ def build_cmd(
         click.echo(f"\n{prompt}\n> {reply}")
 
 
-def _print_summary(result: Any) -> None:
+def _print_summary(result: BuildResult) -> None:
+    """Full paths, never shortened: the user copies them into deploy and verify commands."""
     rep = result.report
     quality = rep.get("model", {}).get("quality", {})
-    rows = [
+    rows: list[tuple[str, object]] = [
         ("bundle", result.bundle_dir),
-        ("image", f"{result.image} ({rep['bundle']['image_bytes'] / 1e6:.1f} MB)"),
+        ("image", result.image),
+        ("image size", f"{rep['bundle']['image_bytes'] / 1e6:.1f} MB"),
         ("image sha256", rep["bundle"]["image_sha256"]),
-        ("signed", rep["bundle"]["signed"]),
-        ("quality", _quality_line(quality)),
-        ("seconds", rep["seconds"]),
     ]
+    if result.signing_key is not None:
+        rows.append(("signing key", result.signing_key))
+        pub = result.signing_key.with_suffix(".pub")
+        if pub.is_file():
+            rows.append(("public key", pub))
+    else:
+        rows.append(("signed", "no (--unsigned: deploy will refuse it)"))
+    rows += [("quality", _quality_line(quality)), ("seconds", rep["seconds"])]
     table(
         f"built {result.plan.recipe.name} for {result.plan.target.name} "
         f"({result.plan.format}, {result.plan.quant})",
@@ -127,6 +150,8 @@ def _quality_line(q: dict[str, Any]) -> str:
         if k in ("perplexity", "reference_perplexity", "perplexity_ratio", "cosine_min", "passed")
         and v is not None
     ]
+    if q.get("gate", "on") != "on":  # --no-gate: say so beside the scores, with what it did not stop
+        parts.append(f"GATE {q['gate']}: {q.get('verdict', '')}")
     return ", ".join(parts) or "n/a"
 
 
@@ -159,7 +184,7 @@ def cache_ls(as_json: bool) -> None:
     table(
         "stage cache",
         ["stage", "key", "MB", "last used"],
-        [(e.stage, e.key[:16], f"{e.size_bytes / 1e6:.1f}", _ago(e.last_used)) for e in entries],
+        [(e.stage, e.key, f"{e.size_bytes / 1e6:.1f}", _ago(e.last_used)) for e in entries],
     )
 
 

@@ -30,14 +30,16 @@ def generate(out: Path, device: bool, force: bool) -> None:
 @click.command("verify")
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
 @click.option("--key", "key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="public key (.pub) the bundle must be signed with")
+              help="public key (.pub) the bundle must be signed with "
+                   "(default: the .pub of the default signing key)")
 @click.option("--allow-unsigned", is_flag=True,
               help="accept a bundle without a verifiable signature (recorded)")
 def verify_cmd(bundle: Path, key: Path | None, allow_unsigned: bool) -> None:
     """Check a bundle's signature and every file's hash."""
+    from ..bundle.keyplace import default_public_key
     from ..bundle.verify import verify_bundle
 
-    m = verify_bundle(bundle, key, allow_unsigned=allow_unsigned)
+    m = verify_bundle(bundle, key or default_public_key(), allow_unsigned=allow_unsigned)
     if m.unsigned_allowed:
         click.echo("WARNING: signature NOT verified; accepted because of --allow-unsigned (recorded)",
                    err=True)

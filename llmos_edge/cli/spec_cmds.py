@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .. import spec
+from .. import formats, spec
 from .output import emit_json, json_option, table
 
 
@@ -19,14 +19,25 @@ def targets_list(as_json: bool) -> None:
     """List buildable targets."""
     items = spec.list_targets()
     if as_json:
-        emit_json([{"name": t.name, "arch": t.platform.arch, "description": t.description} for t in items])
+        emit_json(
+            [
+                {
+                    "name": t.name,
+                    "aliases": list(t.aliases),
+                    "arch": t.platform.arch,
+                    "description": t.description,
+                }
+                for t in items
+            ]
+        )
         return
     table(
         "targets",
-        ["name", "arch", "RAM MB", "quant", "transport", "description"],
+        ["name", "aliases", "arch", "RAM MB", "quant", "transport", "description"],
         [
             (
                 t.name,
+                ", ".join(t.aliases),
                 t.platform.arch,
                 t.budgets.ram_mb,
                 t.model.default_quant,
@@ -82,6 +93,45 @@ def recipes_show(name: str, as_json: bool) -> None:
         emit_json(data)
     else:
         _print_tree(data)
+
+
+@recipes.command("check")
+@click.argument("recipe")
+@click.option("--target", "-t", default="host", show_default=True, help="Target profile to check against.")
+@json_option
+def recipes_check(recipe: str, target: str, as_json: bool) -> None:
+    """Say whether RECIPE (a name or a .toml path) can build, and which exporter will run.
+
+    Checks the source kind and path, reads the architecture (config.json or the GGUF header) and the
+    build host, without downloading or exporting anything. Exit 2 with the reason when it cannot build.
+    """
+    from ..pipeline import plan
+
+    p = plan(target, recipe)
+    e, src = p.exporter, p.recipe.source
+    others = [
+        x.format
+        for x in formats.for_task(p.task)
+        if x is not e and p.architecture and x.supports(p.architecture)
+    ]
+    data = {
+        "recipe": p.recipe.name,
+        "file": p.recipe.source_file,
+        "target": p.target.name,
+        "source": f"{src.kind} {src.path or src.package or src.id}",
+        "architecture": p.architecture or "unknown until fetch (read again before export)",
+        "format": p.format,
+        "exporter": e.description,
+        "toolchain": p.toolchain,
+        "runtime": e.runtime,
+        "also_buildable_as": others,
+        "verdict": "OK",
+    }
+    if as_json:
+        emit_json(data)
+        return
+    for key, value in data.items():
+        click.echo(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
 
 
 def _print_tree(data: dict[str, object], indent: int = 0) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +36,9 @@ class Inventory:
 
 def load_inventory(path: Path) -> Inventory:
     """[defaults] + [[device]] tables: name, address (user@host[:port]), target, [device.vars]."""
-    try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise SpecError(str(path), "-", f"cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(str(path), "-", f"not valid TOML: {exc}") from None
+    from ..spec.limits import read_toml
+
+    raw = read_toml(path)  # size and nesting limits; SpecError names the file
     defaults = raw.get("defaults", {})
     devices, seen = [], set()
     for i, d in enumerate(raw.get("device", [])):

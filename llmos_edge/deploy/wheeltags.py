@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..spec.wheeltags import GLIBC_OF_LEGACY
+
 _WHEEL_RE = re.compile(r"^(?P<dist>[^-]+)-(?P<ver>[^-]+)(?:-(?P<build>\d[^-]*))?-(?P<py>[^-]+)-(?P<abi>[^-]+)"
                        r"-(?P<plat>[^-]+)\.whl$")
-_GLIBC_ALIASES = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,8 @@ def _split_arch(tag: str) -> tuple[str, str]:
 
 
 def _libc_need(head: str) -> tuple[str, tuple[int, ...] | None]:
-    if head in _GLIBC_ALIASES:
-        return "glibc", _GLIBC_ALIASES[head]
+    if head in GLIBC_OF_LEGACY:
+        return "glibc", GLIBC_OF_LEGACY[head]
     m = re.fullmatch(r"(manylinux|musllinux)_(\d+)_(\d+)", head)
     if m:
         return ("glibc" if m.group(1) == "manylinux" else "musl"), (int(m.group(2)), int(m.group(3)))

@@ -20,7 +20,7 @@ def export_mender(bundle_dir: Path, out: Path, device_types: Sequence[str], *,
                   signing_key: Path | None = None) -> Path:
     """Write `out` (.mender); device_types become Mender's compatibility list. Returns `out`."""
     tool = require_tool("mender-artifact", "mender-artifact")
-    if not device_types or any(not _DEVTYPE_RE.match(d) for d in device_types):
+    if not device_types or any(not _DEVTYPE_RE.fullmatch(d) for d in device_types):
         raise UserError(f"invalid Mender device types {list(device_types)!r}",
                         hints=["pass at least one, e.g. raspberrypi5 (letters, digits, . _ + -)"])
     if signing_key is not None and not signing_key.is_file():

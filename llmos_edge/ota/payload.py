@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -28,13 +27,14 @@ def bundle_payload(bundle: Path, workdir: Path) -> Payload:
     from ..bundle.extract import is_image, open_bundle
     from ..bundle.image import write_image
     from ..bundle.manifest import MANIFEST
+    from ..bundle.manifest import parse as parse_manifest
 
     folder = open_bundle(bundle)
     try:
         raw = (folder / MANIFEST).read_bytes()
-        manifest = json.loads(raw)
+        manifest = parse_manifest(raw, folder / MANIFEST)  # size and nesting limits: CheckFailed
         name, version = str(manifest["name"]), str(manifest["bundle_version"])
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, KeyError) as exc:
         raise UserError(f"{bundle} has no readable manifest.json ({exc})",
                         hints=["pass the folder or .tar.gz that `llmos-edge build` wrote"]) from exc
     stem = f"{name}-{version}"

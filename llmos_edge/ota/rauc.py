@@ -24,7 +24,7 @@ def export_rauc(bundle_dir: Path, out: Path, compatible: str, cert: Path, key: P
     """Write `out` (.raucb) signed with cert/key; `compatible` must equal the device's system.conf."""
     tool = require_tool("rauc", "rauc squashfs-tools")
     require_tool("mksquashfs", "squashfs-tools")
-    if not _COMPATIBLE_RE.match(compatible):
+    if not _COMPATIBLE_RE.fullmatch(compatible):
         raise UserError(f"invalid RAUC compatible string {compatible!r}",
                         hints=["use the `compatible=` value from the device's /etc/rauc/system.conf"])
     if bundle_format not in RAUC_FORMATS:

@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--model")
     r.add_argument("--max-tokens", type=int, default=128)
     r.add_argument("--temperature", type=float, default=0.0)
+    r.add_argument("--raw", action="store_true", help="send PROMPT as a completion (no chat template)")
     r.add_argument("prompt")
     return p
 
@@ -56,7 +57,7 @@ def _smoke(args: argparse.Namespace) -> int:
 
 def _smoke_digest(report: dict[str, Any]) -> dict[str, Any]:
     """What a deployer reads in its report: verdict, timing summary, and each answer (clipped)."""
-    keep = ("name", "ok", "error", "missing", "first_token_ms", "tokens_per_s", "latency_ms")
+    keep = ("name", "mode", "ok", "error", "missing", "first_token_ms", "tokens_per_s", "latency_ms")
     results = [{**{k: r[k] for k in keep if k in r}, "text": str(r.get("text", ""))[:160]}
                for r in report.get("results", [])]
     limits = report.get("limits") or {}
@@ -67,11 +68,11 @@ def _run(args: argparse.Namespace) -> int:
     from .runner import generate_to
 
     config = load_config(args.config)
-    body = {
-        "messages": [{"role": "user", "content": args.prompt}],
-        "max_tokens": args.max_tokens,
-        "temperature": args.temperature,
-    }
+    body: dict[str, Any] = {"max_tokens": args.max_tokens, "temperature": args.temperature}
+    if args.raw:
+        body["prompt"] = args.prompt
+    else:
+        body["messages"] = [{"role": "user", "content": args.prompt}]
     generate_to(config, args.model, body, sys.stdout.write)
     sys.stdout.write("\n")
     return 0

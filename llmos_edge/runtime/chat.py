@@ -1,36 +1,19 @@
-"""Chat templates: render the model's Jinja template without making jinja2 a device dependency."""
+"""Chat templates: render the model's own Jinja template, never a made-up one.
+
+onnxruntime-genai renders natively; the other engines render with jinja2, which bundles carry in their
+offline wheels. A runtime installed without it refuses chat requests with the fix (completions still work).
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from .errors import ApiError
+
 Messages = list[dict[str, Any]]
-CHATML = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-    "'<|im_end|>' + '\\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
-
-def find_template(model_dir: Path, from_descriptor: str | None) -> str | None:
-    """Descriptor first, then tokenizer_config.json, then chat_template.jinja."""
-    if from_descriptor:
-        return from_descriptor
-    cfg = model_dir / "tokenizer_config.json"
-    if cfg.exists():
-        tpl = json.loads(cfg.read_text()).get("chat_template")
-        if isinstance(tpl, str) and tpl:
-            return tpl
-    jinja = model_dir / "chat_template.jinja"
-    return jinja.read_text() if jinja.exists() else None
-
-
-def render_chatml(messages: Messages, add_generation_prompt: bool = True) -> str:
-    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+Renderer = Callable[[Messages], str]
 
 
 def render_with_jinja(template: str, messages: Messages, special: dict[str, str]) -> str | None:
@@ -48,16 +31,40 @@ def render_with_jinja(template: str, messages: Messages, special: dict[str, str]
     return env.from_string(template).render(messages=messages, add_generation_prompt=True, **special)
 
 
+def completion_only(model: str) -> ApiError:
+    """The answer to a chat request for a model without a chat template (one message, one place)."""
+    return ApiError(
+        400,
+        f"model {model!r} is a completion model (no chat template: a base model, or built with "
+        "prompt_format = \"completion\"); send a plain prompt to /v1/completions "
+        "(`llmos-edge run --raw`), or rebuild with a chat template (recipe chat_template_file)",
+        param="messages",
+        code="chat_not_supported",
+    )
+
+
 def make_renderer(
-    template: str | None, special: dict[str, str], native: Callable[[str, str], str] | None = None
-) -> Callable[[Messages], str]:
-    """Pick the renderer once: native (onnxruntime-genai) > jinja2 > built-in ChatML."""
-    tpl = template or CHATML
+    model: str,
+    template: str | None,
+    special: dict[str, str],
+    native: Callable[[str, str], str] | None = None,
+) -> Renderer:
+    """Pick the renderer once: native (onnxruntime-genai) > jinja2; no template -> chat is refused."""
 
     def render(messages: Messages) -> str:
+        if template is None:
+            raise completion_only(model)
         if native is not None:
-            return native(json.dumps(messages), tpl)
-        out = render_with_jinja(tpl, messages, special)
-        return out if out is not None else render_chatml(messages)
+            return native(json.dumps(messages), template)
+        out = render_with_jinja(template, messages, special)
+        if out is None:
+            raise ApiError(
+                503,
+                f"model {model!r}: rendering its chat template needs jinja2, which this runtime lacks; "
+                "install jinja2 beside the runtime, or send plain prompts to /v1/completions",
+                type="server_error",
+                code="chat_template_unavailable",
+            )
+        return out
 
     return render

@@ -9,6 +9,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+MIN_SPAN_S = 1e-3  # below this a rate is noise (a buffered reply read at once), not a throughput
+
 
 @dataclass
 class StreamOutcome:
@@ -23,10 +25,13 @@ class StreamOutcome:
     chunks: list[str] = field(default_factory=list)
 
     def decode_tokens_per_s(self) -> float | None:
-        if self.first_token_s is None or self.completion_tokens < 2:
+        """Tokens after the first over the time after the first, or None (n/a) when that is not a
+        measurement: under 2 tokens, text that arrived in one chunk, or no measurable time."""
+        if self.first_token_s is None or self.completion_tokens < 2 or len(self.chunks) < 2:
             return None
         span = self.total_s - self.first_token_s
-        return (self.completion_tokens - 1) / span if span > 0 else None
+        return (self.completion_tokens - 1) / span if span >= MIN_SPAN_S else None
+
 
 
 def _request(url: str, body: Any, api_key: str | None) -> urllib.request.Request:

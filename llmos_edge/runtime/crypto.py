@@ -5,9 +5,14 @@ Scheme "llmos-x25519-aes256gcm-v1":
   ephemeral X25519 -> shared secret -> HKDF-SHA256(salt = eph_pub || device_pub) -> KEK,
   AES-256-GCM(KEK, wrap_nonce, DEK, aad = "llmos-edge dek v1");
 - each weight file F becomes F.enc: magic, 7-byte nonce prefix, chunk size, then 1 MiB chunks
-  sealed with AES-256-GCM(DEK, prefix || u32 counter || last-flag, aad = F's name), so chunks
-  cannot be reordered, dropped, truncated or swapped between files;
+  sealed with AES-256-GCM(DEK, prefix || u32 counter || last-flag, aad = header || F's name), so
+  chunks cannot be reordered, dropped, truncated or swapped between files, and no header byte
+  (magic, prefix, chunk size) can change without every chunk failing;
 - the model folder holds llmos_encryption.json with the wrapped key and the file map.
+Decrypted weights go to a private (0700) folder on tmpfs named after the process, and the runtime
+unlinks it as soon as the engine has loaded them (release_model_dir), so a kill -9 after loading
+leaves nothing; a kill during loading leaves a folder that the next start sweeps (its pid is gone).
+(memfd files would die with the process, but onnxruntime refuses external data behind a link.)
 Self-contained on purpose (copied into bundles): stdlib + cryptography, relative imports only.
 """
 
@@ -30,8 +35,10 @@ from .errors import RuntimeFailure
 SCHEME = "llmos-x25519-aes256gcm-v1"
 INFO_FILE = "llmos_encryption.json"
 ENC_SUFFIX = ".enc"
-MAGIC = b"LLMOSEN1"
+MAGIC = b"LLMOSEN2"  # v2: the header is authenticated (AEAD associated data)
+MAGIC_V1 = b"LLMOSEN1"  # v1 (before the header was authenticated): refused, rebuild the bundle
 CHUNK = 1 << 20
+MIN_CHUNK, MAX_CHUNK = 1 << 10, 64 << 20
 _TAG = 16
 _HKDF_INFO = b"llmos-edge dek wrap v1"
 _WRAP_AAD = b"llmos-edge dek v1"
@@ -115,8 +122,10 @@ def encrypt_stream(src: IO[bytes], dst: IO[bytes], dek: bytes, name: str) -> Non
     """Seal src into dst in CHUNK-sized AES-GCM chunks (the last one flagged)."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    aes, prefix, aad = AESGCM(dek), os.urandom(7), name.encode()
-    dst.write(_HEADER.pack(MAGIC, prefix, CHUNK))
+    aes, prefix = AESGCM(dek), os.urandom(7)
+    header = _HEADER.pack(MAGIC, prefix, CHUNK)
+    aad = header + name.encode()
+    dst.write(header)
     counter, buf = 0, src.read(CHUNK)
     while True:
         nxt = src.read(CHUNK)
@@ -131,10 +140,17 @@ def decrypt_chunks(src: IO[bytes], dek: bytes, name: str) -> Iterator[bytes]:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     header = src.read(_HEADER.size)
+    if len(header) == _HEADER.size and header[:8] == MAGIC_V1:
+        raise DecryptionError(
+            f"{name}{ENC_SUFFIX} uses the old encryption format (v1, header not authenticated), "
+            "which this runtime no longer loads; rebuild the bundle with --encrypt-for"
+        )
     if len(header) != _HEADER.size or header[:8] != MAGIC:
         raise DecryptionError(f"{name}{ENC_SUFFIX} is not an llmos encrypted file")
     _, prefix, chunk = _HEADER.unpack(header)
-    aes, aad = AESGCM(dek), name.encode()
+    if not MIN_CHUNK <= chunk <= MAX_CHUNK:
+        raise DecryptionError(f"{name}{ENC_SUFFIX} is damaged: chunk size {chunk} is out of range")
+    aes, aad = AESGCM(dek), header + name.encode()
     counter, buf = 0, src.read(chunk + _TAG)
     while True:
         nxt = src.read(chunk + _TAG)
@@ -185,6 +201,9 @@ def _load_device_key(device_key: Path | None) -> Any:
     return key
 
 
+_PREFIX = "llmos-model-"
+
+
 def _plaintext_dir() -> Path:
     base = Path(os.environ.get(DIR_ENV) or "/dev/shm")
     if not base.is_dir() or not is_memory_backed(base):
@@ -192,9 +211,41 @@ def _plaintext_dir() -> Path:
             f"{base} is not a tmpfs: refusing to write decrypted weights to disk; "
             f"mount a tmpfs and point {DIR_ENV} at it"
         )
-    out = Path(tempfile.mkdtemp(prefix="llmos-model-", dir=base))
-    atexit.register(shutil.rmtree, out, True)
+    sweep_stale(base)
+    out = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base))
+    atexit.register(release_model_dir, out)
     return out
+
+
+def sweep_at_start() -> list[Path]:
+    """Called when a runtime starts: remove decrypted copies that killed runtimes left behind."""
+    base = Path(os.environ.get(DIR_ENV) or "/dev/shm")
+    return sweep_stale(base) if base.is_dir() and is_memory_backed(base) else []
+
+
+def sweep_stale(base: Path) -> list[Path]:
+    """Remove folders a killed runtime left (named llmos-model-<pid>-*, that pid gone, ours)."""
+    removed = []
+    for p in base.glob(f"{_PREFIX}*-*"):
+        pid = p.name[len(_PREFIX):].split("-", 1)[0]
+        try:
+            owner = p.lstat().st_uid
+        except OSError:
+            continue
+        if pid.isdigit() and owner == os.getuid() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_info(model_dir: Path) -> dict[str, Any] | None:
@@ -228,23 +279,25 @@ def prepare_model_dir(model_dir: Path, device_key: Path | None) -> Path:
             elif src.name != INFO_FILE and src.name not in enc_names:
                 shutil.copyfile(src, out / src.name)
         for name, enc in sorted(info["files"].items()):
-            _decrypt_file(model_dir / Path(enc).name, out / Path(name).name, dek, Path(name).name)
+            _decrypt_file(model_dir / Path(enc).name, out, Path(name).name, dek)
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
+        release_model_dir(out)
         raise
     return out
 
 
-def _decrypt_file(src: Path, dst: Path, dek: bytes, name: str) -> None:
+def _decrypt_file(src: Path, out: Path, name: str, dek: bytes) -> None:
     try:
-        with open(src, "rb") as f, open(dst, "wb") as out:
-            for chunk in decrypt_chunks(f, dek, name):
-                out.write(chunk)
+        with open(src, "rb") as f:
+            fd = os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as dst:
+                for chunk in decrypt_chunks(f, dek, name):
+                    dst.write(chunk)
     except FileNotFoundError as exc:
         raise DecryptionError(f"encrypted file {src} is missing") from exc
 
 
 def release_model_dir(path: Path) -> None:
-    """Drop a decrypted copy early (e.g. when the model is unloaded)."""
-    if path.name.startswith("llmos-model-") and is_memory_backed(path):
+    """Drop a decrypted copy: once the engine has loaded it, and again at unload or exit."""
+    if path.name.startswith(_PREFIX) and is_memory_backed(path.parent):
         shutil.rmtree(path, ignore_errors=True)

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from .chat import find_template, make_renderer
+from .chat import make_renderer
 from .descriptor import EmbeddingSpec, ModelDescriptor
 from .engines.base import EngineOptions, GenParams
-from .engines.tokenizer import load_tokenizer, special_tokens
+from .engines.tokenizer import encode, load_tokenizer, special_tokens
 from .errors import ApiError, ConfigError
 from .sampling import Sampler
 
@@ -79,13 +79,10 @@ class TFLiteDecoderEngine:
         self.cache_length = int(details["mask"]["shape"][-1])
         self.tokenizer = load_tokenizer(model_dir)
         self.eos_ids = frozenset(descriptor.eos_token_ids)
-        self.render_chat = make_renderer(
-            find_template(model_dir, descriptor.chat_template), special_tokens(model_dir)
-        )
+        self.render_chat = make_renderer(descriptor.name, descriptor.chat_template, special_tokens(model_dir))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
-        return ids
+        return encode(self.tokenizer, text, add_special_tokens, self.descriptor.bos_token_id)
 
     def decode(self, ids: list[int]) -> str:
         text: str = self.tokenizer.decode(ids, skip_special_tokens=True)

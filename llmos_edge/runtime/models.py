@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from .config import ModelEntry, RuntimeConfig
-from .descriptor import ModelDescriptor, prepare_model_dir, read_descriptor, release_model_dir, weight_bytes
+from .descriptor import (
+    ModelDescriptor,
+    prepare_model_dir,
+    read_descriptor,
+    release_model_dir,
+    sweep_decrypted,
+    weight_bytes,
+)
 from .engines import EngineOptions, create_engine
 from .errors import ApiError, ConfigError, RuntimeFailure
 
@@ -61,6 +68,7 @@ class ModelManager:
         self._descriptors: dict[str, ModelDescriptor] = {}
         self.evictions = 0
         self.options = EngineOptions(tuple(config.execution_providers), config.threads)
+        sweep_decrypted()
 
     def descriptor(self, model_id: str) -> ModelDescriptor:
         """Descriptor without loading weights (task checks, /v1/models)."""
@@ -173,6 +181,7 @@ class ModelManager:
             release_model_dir(model_dir, entry.path)
             msg = str(exc) if isinstance(exc, RuntimeFailure) else f"model {entry.id!r} failed to load: {exc}"
             raise ApiError(503, msg, type="server_error", code="model_load_failed") from exc
+        release_model_dir(model_dir, entry.path)  # decrypted weights: unlinked once the engine holds them
         return _Loaded(engine, desc, need, time.time(), model_dir, entry.path, rss_mb() - before)
 
     def _unload(self, model_id: str) -> None:

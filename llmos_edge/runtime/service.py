@@ -8,6 +8,7 @@ from typing import Any
 
 from .api import TextRequest, parse_embedding_input
 from .audit import AuditLog
+from .chat import completion_only
 from .config import RuntimeConfig
 from .engines.base import GenParams
 from .errors import ApiError, bad_param
@@ -33,16 +34,21 @@ class Runtime:
             item: dict[str, Any] = {"id": mid, "object": "model", "created": 0, "owned_by": "llmos-edge"}
             with contextlib.suppress(ApiError):
                 d = self.manager.descriptor(mid)
-                item.update(task=d.task, format=d.format, quant=d.quant, context_length=d.context_length)
+                item.update(
+                    task=d.task, mode=d.mode, format=d.format, quant=d.quant, context_length=d.context_length
+                )
             item["loaded"] = mid in self.manager.loaded
             data.append(item)
         return {"object": "list", "data": data}
 
-    def _check_task(self, model: str, task: str) -> None:
+    def _check_task(self, model: str, task: str, kind: str | None = None) -> None:
+        """The endpoint must fit the model: task, and for decoders chat vs completion (before loading)."""
         desc = self.manager.descriptor(model)
         if desc.task != task:
             what = "an embedding model" if desc.task == "feature-extraction" else "a text-generation model"
             raise bad_param("model", f"model {model!r} is {what}; it does not serve this endpoint")
+        if kind == "chat" and desc.prompt_format == "completion":
+            raise completion_only(model)
 
     def default_max_tokens(self, model: str) -> int:
         return min(256, self.manager.descriptor(model).context_length)
@@ -50,7 +56,7 @@ class Runtime:
     @contextlib.contextmanager
     def text_session(self, req: TextRequest) -> Iterator[tuple[Iterator[str], GenResult]]:
         """Admit, load, tokenize and check the prompt (errors raise here), then yield the token stream."""
-        self._check_task(req.model, "text-generation")
+        self._check_task(req.model, "text-generation", req.kind)
         with self.manager.use(req.model) as engine:
             if req.kind == "chat":
                 ids = engine.encode(engine.render_chat(req.messages), add_special_tokens=False)

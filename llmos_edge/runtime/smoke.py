@@ -29,20 +29,28 @@ def _expectations(item: dict[str, Any]) -> list[str]:
     return [exp] if isinstance(exp, str) else [str(e) for e in exp]
 
 
+def completion_prompt(messages: list[dict[str, Any]]) -> str:
+    """A chat golden prompt for a completion-mode model: the message texts as written, no template."""
+    return "\n\n".join(str(m.get("content") or "") for m in messages)
+
+
 def _one(
-    base_url: str, model: str | None, item: dict[str, Any], api_key: str | None, timeout: float
+    base_url: str, model: str | None, item: dict[str, Any], api_key: str | None, timeout: float, mode: str
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"temperature": 0, "max_tokens": int(item.get("max_tokens", 64))}
     if model:
         body["model"] = model
-    if "messages" in item:
+    if "messages" in item and mode != "completion":
         body["messages"] = item["messages"]
+    elif "messages" in item:
+        body["prompt"] = completion_prompt(item["messages"])
     else:
         body["prompt"] = item.get("prompt", "")
     out: StreamOutcome = stream_chat(base_url, body, api_key, timeout=timeout)
     missing = [e for e in _expectations(item) if e.lower() not in out.text.lower()]
     return {
         "name": item.get("name") or (item.get("prompt") or str(item.get("messages")))[:40],
+        "mode": "chat" if "messages" in body else "completion",
         "ok": out.error is None and not missing,
         "error": out.error,
         "missing": missing,
@@ -61,14 +69,32 @@ def _check_limits(results: list[dict[str, Any]], limits: dict[str, Any]) -> dict
         "tokens_per_s_median": statistics.median(tps) if tps else None,
         "failures": [],
     }
+    summary["failures"] = [_prompt_failure(r) for r in results if not r["ok"]]
     max_ftl, min_tps = limits.get("max_first_token_ms"), limits.get("min_tokens_per_s")
-    if max_ftl is not None and (not ftl or summary["first_token_ms_median"] > max_ftl):
+    if max_ftl is not None and not ftl:
+        summary["failures"].append("first-token latency n/a: no prompt produced any text")
+    elif max_ftl is not None and summary["first_token_ms_median"] > max_ftl:
         summary["failures"].append(
             f"first-token latency {summary['first_token_ms_median']} ms > {max_ftl} ms"
         )
-    if min_tps is not None and (not tps or summary["tokens_per_s_median"] < min_tps):
-        summary["failures"].append(f"decode {summary['tokens_per_s_median']} tokens/s < {min_tps} tokens/s")
+    if min_tps is not None and not tps:
+        summary["failures"].append(
+            "decode tokens/s n/a: no prompt streamed 2+ tokens over a measurable time, so the "
+            f"{min_tps} tokens/s floor cannot be checked; raise the golden prompts' max_tokens"
+        )
+    elif min_tps is not None and summary["tokens_per_s_median"] < min_tps:
+        summary["failures"].append(
+            f"decode {summary['tokens_per_s_median']:.1f} tokens/s < {min_tps} tokens/s"
+        )
     return summary
+
+
+def _prompt_failure(result: dict[str, Any]) -> str:
+    """One failed golden prompt: which, why, and what it answered."""
+    answer = repr(result["text"][:200]) + ("…" if len(result["text"]) > 200 else "")
+    if result["error"]:
+        return f"{result['name']}: request failed: {result['error'][:300]}"
+    return f"{result['name']}: answer lacks {', '.join(map(repr, result['missing']))}: {answer}"
 
 
 def scaled_limits(limits: dict[str, Any], latency_scale: float) -> dict[str, Any]:
@@ -102,7 +128,10 @@ def run_smoke(
             raise ConfigError("golden file has no 'prompts' (and the model is not an embedding model)")
         return _embedding_smoke(base_url, embed_model, golden, api_key)
     timeout = float(limits.get("timeout_s") or 300)
-    results = [_one(base_url, golden.get("model"), item, api_key, timeout) for item in prompts]
+    modes = _modes(base_url, api_key)
+    model = golden.get("model")
+    mode = modes.get(model or "", next(iter(modes.values())) if len(modes) == 1 else "chat")
+    results = [_one(base_url, model, item, api_key, timeout, mode) for item in prompts]
     summary = _check_limits(results, limits)
     ok = all(r["ok"] for r in results) and not summary["failures"]
     return {
@@ -120,6 +149,16 @@ EMBED_TEXTS = {
     "similar": "A cat is sitting on a rug.",
     "unrelated": "Interest rates rose sharply on the stock market today.",
 }
+
+
+def _modes(base_url: str, api_key: str | None) -> dict[str, str]:
+    """model id -> chat | completion | embedding, from /v1/models (older runtimes: chat). A server
+    that cannot list them is left to fail on the prompts themselves, each with its own error."""
+    try:
+        listed = get_json(base_url + "/v1/models", api_key).get("data") or []
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(m.get("id")): str(m.get("mode") or "chat") for m in listed if isinstance(m, dict)}
 
 
 def _embedding_model(base_url: str, model: str | None, api_key: str | None) -> str | None:
@@ -199,6 +238,8 @@ def _embedding_smoke(
             problems.append(f"paraphrase cosine {sim:.4f} <= unrelated cosine {far:.4f}")
     result.update(ok=not result["error"] and not problems, problems=problems, latency_ms=latency_ms)
     summary: dict[str, Any] = {"embedding_ms": latency_ms, "failures": []}
+    if not result["ok"]:
+        summary["failures"].append(f"embeddings: {result['error'] or '; '.join(problems)}")
     max_ms = limits.get("max_first_token_ms")
     if max_ms is not None and latency_ms > max_ms:
         summary["failures"].append(f"embedding latency {latency_ms} ms > {max_ms} ms")
@@ -212,6 +253,33 @@ def _embedding_smoke(
         "summary": summary,
         "results": [result],
     }
+
+
+def _rate(value: Any, unit: str) -> str:
+    return "n/a" if value is None else f"{value:.1f} {unit}"
+
+
+def summary_text(report: dict[str, Any]) -> str:
+    """What `smoke` prints: verdict, one line per prompt with its answer, timings, every failure."""
+    results = report.get("results") or []
+    failed = [r for r in results if not r.get("ok")]
+    verdict = "ok" if report.get("ok") else "FAILED"
+    lines = [f"smoke {verdict}: {len(results) - len(failed)}/{len(results)} checks passed ({report['url']})"]
+    for r in results:
+        mark = "ok  " if r.get("ok") else "FAIL"
+        answer = r.get("text")
+        detail = f"answer {answer[:120]!r}" if isinstance(answer, str) else ", ".join(r.get("problems") or [])
+        lines.append(f"  {mark} {r.get('name')} [{r.get('mode', r.get('kind', 'embeddings'))}]: {detail}")
+    summary = report.get("summary") or {}
+    if "first_token_ms_median" in summary:
+        lines.append(
+            f"  first token {_rate(summary.get('first_token_ms_median'), 'ms')} (median), "
+            f"decode {_rate(summary.get('tokens_per_s_median'), 'tokens/s')} (median)"
+        )
+    if summary.get("failures"):
+        lines.append("failures:")
+        lines += [f"  - {f}" for f in summary["failures"]]
+    return "\n".join(lines)
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:

@@ -24,7 +24,7 @@ class GenResult:
         if self.first_token_s is None or self.ended is None or self.completion_tokens < 2:
             return None
         span = self.ended - self.started - self.first_token_s
-        return (self.completion_tokens - 1) / span if span > 0 else None
+        return (self.completion_tokens - 1) / span if span >= 1e-3 else None
 
 
 class _Detok:

@@ -7,7 +7,6 @@ them is looking at the file, not at our code.
 from __future__ import annotations
 
 import platform as _platform
-import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,9 +14,12 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import SpecError, UserError
 from ..paths import search_dirs
+from .limits import read_toml
 from .models import SCHEMA_VERSION, Recipe, Target
+from .names import own_aliases, resolve_target_name
 
 M = TypeVar("M", bound=BaseModel)
+MAX_EVALUATION_BYTES = 64 << 20
 _NATIVE_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
@@ -32,18 +34,7 @@ def _files(kind: str) -> dict[str, Path]:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(
-            str(path),
-            "(file)",
-            f"malformed TOML: {exc}",
-            hints=["fix the syntax; see docs/spec.md for examples"],
-        ) from exc
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from exc
+    return read_toml(path)
 
 
 def _check_version(path: Path, raw: dict[str, Any]) -> None:
@@ -141,7 +132,9 @@ def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 def load_target(name: str) -> Target:
     files = _files("targets")
+    name = resolve_target_name(name, files)
     raw = _resolve_extends("targets", name, files)
+    raw["aliases"] = list(own_aliases(files[name]))  # an alias names one file: never inherited
     if raw.get("abstract"):
         raise UserError(
             f"target {name!r} is an abstract base for `extends`, not a device you can build for",
@@ -151,6 +144,9 @@ def load_target(name: str) -> Target:
     platform = raw.get("platform")
     if isinstance(platform, dict) and platform.get("arch") == "native":
         platform["arch"] = _NATIVE_ARCH.get(_platform.machine().lower(), _platform.machine())
+        libc, version = _platform.libc_ver()
+        if libc == "glibc" and version and "libc_min" not in platform:
+            platform["libc_min"] = version  # this machine's glibc: its wheel tags derive from it
     raw["source_file"] = str(files[name])
     return validate(Target, raw, files[name])
 
@@ -169,6 +165,7 @@ def load_recipe(name_or_path: str) -> Recipe:
     raw.setdefault("name", name_or_path)
     raw["source_file"] = str(path)
     _inline_evaluation(raw, path)
+    _inline_chat_template(raw, path)
     _resolve_local_paths(raw, path)
     return validate(Recipe, raw, path)
 
@@ -179,7 +176,32 @@ def _inline_evaluation(raw: dict[str, Any], path: Path) -> None:
         eval_path = (path.parent / rel).resolve()
         if not eval_path.is_file():
             raise SpecError(str(path), "evaluation_file", f"{eval_path} does not exist")
-        raw["evaluation_text"] = eval_path.read_text(encoding="utf-8")
+        if eval_path.stat().st_size > MAX_EVALUATION_BYTES:
+            raise SpecError(str(path), "evaluation_file",
+                            f"{eval_path} is over {MAX_EVALUATION_BYTES >> 20} MiB",
+                            hints=["a few hundred KiB of text measure perplexity well"])
+        try:
+            raw["evaluation_text"] = eval_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise SpecError(str(path), "evaluation_file", f"{eval_path} is not UTF-8 text: {exc}") from exc
+
+
+def _inline_chat_template(raw: dict[str, Any], path: Path) -> None:
+    """chat_template_file resolves like evaluation_file: relative to the recipe; read into chat_template."""
+    rel = raw.get("chat_template_file")
+    if not isinstance(rel, str):
+        return
+    if raw.get("chat_template"):
+        raise SpecError(str(path), "chat_template_file", "give chat_template or chat_template_file, not both")
+    tpl_path = (path.parent / Path(rel).expanduser()).resolve()
+    if not tpl_path.is_file():
+        raise SpecError(str(path), "chat_template_file", f"{tpl_path} does not exist")
+    if tpl_path.stat().st_size > 65536:
+        raise SpecError(str(path), "chat_template_file", f"{tpl_path} is over 64 KiB; not a chat template")
+    try:
+        raw["chat_template"] = tpl_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(path), "chat_template_file", f"{tpl_path} is not UTF-8 text: {exc}") from None
 
 
 def _resolve_local_paths(raw: dict[str, Any], path: Path) -> None:

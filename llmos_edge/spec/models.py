@@ -6,16 +6,60 @@ a file into an error that names the field instead of a silently ignored setting.
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from .wheeltags import manylinux_platforms
 
 SCHEMA_VERSION = 1
+
+# Fields below reach rendered files (systemd units, shell scripts, file names on the device).
+# Checked with re.fullmatch: `$` would let "host\n" through (it matches before a final newline).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+_ROOT = re.compile(r"(?:/|~/)[A-Za-z0-9._/+-]{0,200}|~")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _pattern(rx: re.Pattern[str], what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not rx.fullmatch(value):
+            raise ValueError(f"{value!r} is not {what}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _one_line(value: str) -> str:
+    """Free text that still lands in a file or a terminal: no newlines or control characters."""
+    if _CONTROL.search(value):
+        raise ValueError(f"{value!r} contains a newline or control character (one line of text only)")
+    return value
+
+
+def _install_root(value: str) -> str:
+    if ".." in value.split("/"):
+        raise ValueError(f"{value!r} may not contain '..'")
+    return value
+
+
+Name = Annotated[str, _pattern(_NAME, "a name: letters, digits, '.', '_', '-' (up to 64, starting "
+                                        "with a letter or digit)")]
+Line = Annotated[str, AfterValidator(_one_line)]
+UserName = Annotated[str, _pattern(_USER, "a user name: letters, digits, '_', '.', '-' (up to 32)")]
+InstallRoot = Annotated[str, _pattern(_ROOT, "an absolute path or ~/path of letters, digits and ._/+-"),
+                        AfterValidator(_install_root)]
 
 Arch = Literal["x86_64", "aarch64", "armv7l", "xtensa"]
 Quant = Literal["fp32", "fp16", "int8", "int4"]
 Format = Literal["onnx-genai", "onnx", "tflite"]
 Task = Literal["text-generation", "feature-extraction"]
+# How a decoder's prompts are framed: "auto" = the model's own chat template when it has one, else
+# completion; "chat" = a template is required (the recipe's chat_template(_file), else the model's);
+# "completion" = raw prompts only (base models; chat requests are refused with HTTP 400).
+PromptFormat = Literal["auto", "chat", "completion"]
 ExecutionProvider = Literal[
     "CPUExecutionProvider",
     "CUDAExecutionProvider",
@@ -30,18 +74,26 @@ class _Frozen(BaseModel):
 
 class Platform(_Frozen):
     arch: Arch
-    cpu: str = "generic"
-    cpu_features: tuple[str, ...] = ()
+    cpu: Name = "generic"
+    cpu_features: tuple[Name, ...] = ()
     os: Literal["linux", "freertos"] = "linux"
     libc: Literal["glibc", "musl", "none"] = "glibc"
-    libc_min: str | None = Field(default=None, description="oldest glibc the device runs, e.g. 2.36")
-    python: str | None = Field(default="3.11", description="device Python major.minor; None on MCUs")
-    wheel_platforms: tuple[str, ...] = ()
+    libc_min: Name | None = Field(default=None, description="oldest glibc the device runs, e.g. 2.36")
+    python: Name | None = Field(default="3.11", description="device Python major.minor; None on MCUs")
+    wheel_platforms: tuple[Name, ...] = Field(
+        default=(), description="pip platforms of the offline wheels; default: derived from libc_min")
+
+    @model_validator(mode="after")
+    def _derive_wheel_platforms(self) -> Platform:
+        """Hand-written lists missed tags (manylinux_2_27): derive every tag the device's glibc accepts."""
+        if not self.wheel_platforms and self.libc == "glibc" and self.libc_min and self.arch != "xtensa":
+            object.__setattr__(self, "wheel_platforms", manylinux_platforms(self.arch, self.libc_min))
+        return self
 
 
 class Accelerator(_Frozen):
     kind: Literal["cuda", "npu", "gpu"]
-    compute_capability: str | None = None
+    compute_capability: Name | None = None
     precisions: tuple[Quant, ...] = ()
 
 
@@ -68,8 +120,8 @@ class ModelPolicy(_Frozen):
 
 
 class Install(_Frozen):
-    root: str = "/opt/llmos"
-    user: str = "llmos"
+    root: InstallRoot = "/opt/llmos"
+    user: UserName = "llmos"
     service: Literal["systemd", "supervised", "none"] = "systemd"
     keep_releases: int = Field(default=3, ge=1)
 
@@ -99,13 +151,14 @@ class Esp32(_Frozen):
     psram_mb: int = Field(gt=0)
     flash_mb: int = Field(gt=0)
     baud: int = 921600
-    host_target: str = Field(description="the target that runs the LLM for the chip")
+    host_target: Name = Field(description="the target that runs the LLM for the chip")
 
 
 class Target(_Frozen):
     schema_version: Literal[1]
-    name: str
-    description: str = ""
+    name: Name
+    aliases: tuple[Name, ...] = Field(default=(), description="other names --target accepts (not inherited)")
+    description: Line = ""
     abstract: bool = Field(default=False, description="a base for `extends`, not buildable itself")
     platform: Platform
     accelerators: tuple[Accelerator, ...] = ()
@@ -129,13 +182,13 @@ class Target(_Frozen):
 
 class Source(_Frozen):
     kind: Literal["pypi", "gguf", "local", "hf"]
-    package: str | None = None
-    version: str | None = None
+    package: Name | None = None
+    version: Name | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    member: str | None = Field(default=None, description="file inside the wheel (pypi)")
-    path: str | None = None
-    id: str | None = Field(default=None, description="Hugging Face model id (hf)")
-    revision: str | None = None
+    member: Line | None = Field(default=None, description="file inside the wheel (pypi)")
+    path: Line | None = None
+    id: Line | None = Field(default=None, description="Hugging Face model id (hf)")
+    revision: Line | None = None
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> Source:
@@ -174,8 +227,8 @@ class TargetOverride(_Frozen):
 
 class Recipe(_Frozen):
     schema_version: Literal[1]
-    name: str
-    description: str = ""
+    name: Name
+    description: Line = ""
     task: Task
     source: Source
     params_m: float | None = Field(default=None, gt=0, description="parameters, millions (for planning)")
@@ -187,6 +240,30 @@ class Recipe(_Frozen):
     golden: tuple[Golden, ...] = ()
     evaluation_text: str = Field(default="", description="inline text (or evaluation_file)")
     evaluation_file: str | None = None
-    targets: dict[str, TargetOverride] = {}
-    templates: dict[str, str] = Field(default={}, description="extra bundle files, rendered in a sandbox")
+    prompt_format: PromptFormat = "auto"
+    chat_template: str | None = Field(
+        default=None, min_length=1, max_length=65536, description="inline Jinja (or chat_template_file)"
+    )
+    chat_template_file: Line | None = Field(default=None, description="relative to the recipe file")
+    targets: dict[Name, TargetOverride] = {}
+    templates: dict[Line, str] = Field(default={}, description="extra bundle files, rendered in a sandbox")
     source_file: str = ""
+
+    @model_validator(mode="after")
+    def _framing(self) -> Recipe:
+        if self.chat_template is None:
+            return self
+        if self.prompt_format == "completion":
+            raise ValueError(
+                'a chat_template (or chat_template_file) contradicts prompt_format = "completion"'
+            )
+        if self.task != "text-generation":
+            raise ValueError("chat_template is for text-generation recipes")
+        from jinja2 import TemplateSyntaxError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        try:
+            ImmutableSandboxedEnvironment().parse(self.chat_template)
+        except TemplateSyntaxError as exc:
+            raise ValueError(f"chat_template is not valid Jinja: line {exc.lineno}: {exc.message}") from None
+        return self

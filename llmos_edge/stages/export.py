@@ -19,6 +19,7 @@ from ..fsutil import ensure_free_space
 from ..toolchains.contract import run_worker
 from ..toolchains.manager import Toolchain
 from . import model_dir as md
+from .model_dir import embedding_info
 from .tokenizer_repair import repair_tokenizer
 
 Progress = Callable[[str], None] | None
@@ -49,9 +50,31 @@ def prepare_from_gguf(
         {"op": "gguf_to_hf", "gguf_path": str(gguf), "out_dir": str(out)},
         on_progress=on_progress,
     )
-    repairs = repair_tokenizer(out)
+    conventions = _gguf_special_tokens(gguf, out)
+    repairs = repair_tokenizer(out)  # after: its end-of-turn fix (add_bos_token false) wins
     _inline_chat_template(out)
-    return {"architecture": info["architecture"], "tokenizer_repairs": repairs}
+    return {"architecture": info["architecture"], "tokenizer_repairs": repairs, "gguf_tokenizer": conventions}
+
+
+def _gguf_special_tokens(gguf: Path, hf_dir: Path) -> dict[str, bool]:
+    """The GGUF's tokenizer.ggml.add_bos_token / add_eos_token into tokenizer_config.json, where the
+    quality gate and the runtime read the BOS convention (Gemma 3: perplexity 14.8 with BOS, 58.9 without)."""
+    from .probe import gguf_flag
+
+    found = {
+        field: flag
+        for field, key in (
+            ("add_bos_token", "tokenizer.ggml.add_bos_token"),
+            ("add_eos_token", "tokenizer.ggml.add_eos_token"),
+        )
+        if (flag := gguf_flag(gguf, key)) is not None
+    }
+    cfg_path = hf_dir / "tokenizer_config.json"
+    if found and cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text())
+        cfg.update(found)
+        cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+    return found
 
 
 def _inline_chat_template(hf_dir: Path) -> None:
@@ -100,6 +123,8 @@ def build_decoder(
     accuracy_level: int = 4,
     execution_providers: tuple[str, ...] = ("CPUExecutionProvider",),
     on_progress: Progress = None,
+    prompt_format: str = "auto",
+    chat_template: str | None = None,
 ) -> dict[str, Any]:
     """onnxruntime-genai builder -> model dir (fused GQA, MatMulNBits, genai_config, llmos_model.json)."""
     _check_hf_dir(hf_dir)
@@ -121,7 +146,14 @@ def build_decoder(
     eos = md.eos_ids(out)
     md.patch_genai_config(out, eos=eos, context_length=context_length)
     md.write_descriptor(
-        out, name=name, task="text-generation", fmt="onnx-genai", quant=quant, context_length=context_length
+        out,
+        name=name,
+        task="text-generation",
+        fmt="onnx-genai",
+        quant=quant,
+        context_length=context_length,
+        prompt_format=prompt_format,
+        template=chat_template,
     )
     return {
         "architecture": info["architecture"],
@@ -136,25 +168,6 @@ def _check_hf_dir(hf_dir: Path) -> None:
             f"{hf_dir} is not a Hugging Face model folder (no config.json)",
             hints=["point the recipe's source at a folder with config.json and weights"],
         )
-
-
-def embedding_info(hf_dir: Path, max_length: int) -> dict[str, Any]:
-    """Pooling/normalize from sentence-transformers files (mean + normalize when absent)."""
-    pooling, normalize = "mean", True
-    pool_cfg = hf_dir / "1_Pooling" / "config.json"
-    if pool_cfg.is_file():
-        cfg = json.loads(pool_cfg.read_text())
-        modes = {
-            "pooling_mode_cls_token": "cls",
-            "pooling_mode_mean_tokens": "mean",
-            "pooling_mode_max_tokens": "max",
-        }
-        pooling = next((v for k, v in modes.items() if cfg.get(k)), "mean")
-    modules = hf_dir / "modules.json"
-    if modules.is_file():
-        normalize = any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
-    dim = json.loads((hf_dir / "config.json").read_text()).get("hidden_size")
-    return {"pooling": pooling, "normalize": normalize, "dim": dim, "max_length": max_length}
 
 
 def export_encoder(

@@ -21,7 +21,7 @@ from ..toolchains import manager
 from ..toolchains.contract import run_worker
 from ..toolchains.manager import Toolchain
 from . import model_dir as md
-from .evaluate import GoldenResult, QualityReport, _failures, eval_sentences
+from .evaluate import GoldenResult, QualityReport, _failures, eval_sentences, framed_prompt
 
 Progress = Callable[[str], None] | None
 TOOLCHAIN = "tflite"
@@ -68,6 +68,8 @@ def export_decoder(
     context_length: int,
     prefill_length: int = 32,
     on_progress: Progress = None,
+    prompt_format: str = "auto",
+    chat_template: str | None = None,
 ) -> dict[str, Any]:
     """HF folder or .gguf -> model dir with model.tflite (prefill_N/decode, KV cache of context_length)."""
     check_quant(quant)
@@ -88,7 +90,14 @@ def export_decoder(
     if source.is_dir():
         md.copy_tokenizer(source, out)  # a repaired tokenizer from the prepare stage wins
     md.write_descriptor(
-        out, name=name, task="text-generation", fmt="tflite", quant=quant, context_length=context_length
+        out,
+        name=name,
+        task="text-generation",
+        fmt="tflite",
+        quant=quant,
+        context_length=context_length,
+        prompt_format=prompt_format,
+        template=chat_template,
     )
     if not md.eos_ids(out) and info.get("eos_token_ids"):
         _patch_descriptor(out, eos_token_ids=info["eos_token_ids"])
@@ -111,12 +120,10 @@ def export_encoder(
     With calibration_texts and quant int8, weights AND activations are int8 (static_wi8_ai8); that
     lost 15-37% cosine on transformers here, so only full_integer_encoder (gated) should ask for it.
     """
-    from .export import embedding_info
-
     check_quant(quant)
     if quant == "int4":
         raise UserError("int4 is not offered for TFLite encoders", hints=["use --quant int8 (the default)"])
-    emb = embedding_info(hf_dir, seq_len)
+    emb = md.embedding_info(hf_dir, seq_len)
     if emb["pooling"] != "mean":
         raise UserError(
             f"{hf_dir}: pooling {emb['pooling']!r} is not supported by the TFLite encoder export",
@@ -247,7 +254,10 @@ def greedy_answer(
     from ..runtime.engines.base import GenParams
 
     msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    ids = engine.encode(engine.render_chat(msgs), add_special_tokens=False)
+    if engine.descriptor.prompt_format == "completion":  # a base model: the raw text, as the runtime does
+        ids = engine.encode(framed_prompt({"prompt_format": "completion"}, prompt, system))
+    else:
+        ids = engine.encode(engine.render_chat(msgs), add_special_tokens=False)
     out: list[int] = []
     for tok in engine.generate(ids, GenParams(max_tokens=max_tokens, temperature=0.0)):
         out.append(tok)
@@ -271,13 +281,22 @@ def evaluate_decoder(
     engine = open_engine(model_dir)
     rep = QualityReport(task="text-generation", quant=quant, reference="torch fp32 (source)", limits=limits)
     if evaluation_text.strip():
-        ids = engine.encode(evaluation_text, add_special_tokens=False)[: engine.cache_length - 1]
+        bos, eos = md.special_framing(model_dir)
+        text_ids = engine.encode(evaluation_text, add_special_tokens=False)
+        ids = ([bos] if bos is not None else []) + text_ids + ([eos] if eos is not None else [])
+        ids = ids[: engine.cache_length - 1]
+        rep.bos_prepended = bos is not None
         rep.perplexity, rep.eval_tokens = engine.perplexity(ids), len(ids) - 1
-        rep.reference_perplexity = perplexity_from_logits(reference_logits(tc, source, ids), ids)
+        ref_logits = reference_logits(tc, source, ids)
+        rep.reference_perplexity = perplexity_from_logits(ref_logits, ids)
+        rep.vocab_size = int(ref_logits.shape[-1])  # for the untrained-reference check
     for g in golden:
         answer, stopped, n = greedy_answer(engine, g.prompt, g.max_tokens, g.system)
         hit = all(e.lower() in answer.lower() for e in g.expect_contains)
-        rep.golden.append(GoldenResult(g.prompt, list(g.expect_contains), answer, hit, stopped, n))
+        chat = engine.descriptor.prompt_format != "completion"
+        rep.golden.append(
+            GoldenResult(g.prompt, list(g.expect_contains), answer, hit, stopped, n, needs_end_of_turn=chat)
+        )
     rep.failures = _failures(rep)
     engine.close()
     return rep

@@ -71,8 +71,8 @@ def test_int8_ties_embedding_and_scores_like_fp32(
     assert q["passed"] and abs(q["perplexity_ratio"] - 1.0) < 0.02, q
     # the same text scored directly: int8 and fp32 agree token by token on average
     assert build.reference_dir is not None
-    nll8, n8 = ev.decoder_nll(build.model_dir, ev._tokenize(build.model_dir, EVAL))
-    nll32, n32 = ev.decoder_nll(build.reference_dir, ev._tokenize(build.reference_dir, EVAL))
+    nll8, n8 = ev.decoder_nll(build.model_dir, ev.eval_ids(build.model_dir, EVAL))
+    nll32, n32 = ev.decoder_nll(build.reference_dir, ev.eval_ids(build.reference_dir, EVAL))
     assert n8 == n32 > 20 and abs(nll8 - nll32) / n32 < 0.02 and nll8 != nll32
 
 

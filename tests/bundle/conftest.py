@@ -47,6 +47,8 @@ def spec_for(model: Path, key: Path | None, target: str = "rpi4", **kw: Any) -> 
 @pytest.fixture(autouse=True)
 def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMOS_EDGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # no default key unless a test makes one
+    monkeypatch.delenv("LLMOS_EDGE_SIGNING_KEY", raising=False)
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     monkeypatch.delenv("LLMOS_DEVICE_KEY", raising=False)
     monkeypatch.delenv("LLMOS_DECRYPT_DIR", raising=False)

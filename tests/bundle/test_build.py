@@ -179,6 +179,29 @@ def test_bad_version_is_refused(build: Callable[..., BundleResult], version: str
         build(version=version)
 
 
+@pytest.mark.parametrize("version", ["1.0.0\n", "1.0.0\nExecStartPre=/bin/sh"])
+def test_version_with_trailing_newline_is_refused(build: Callable[..., BundleResult], version: str) -> None:
+    """`$` matches before a final newline: the checks use fullmatch."""
+    with pytest.raises(UserError, match="bundle version"):
+        build(version=version)
+
+
+@pytest.mark.parametrize("name", ["tiny\n", "ti ny", "../x"])
+def test_bad_bundle_name_is_refused(build: Callable[..., BundleResult], name: str) -> None:
+    with pytest.raises(UserError, match="bundle name"):
+        build(name=name)
+
+
+@pytest.mark.parametrize("key, value", [("device_key", "/etc/k\nExecStartPre=+/bin/sh"),
+                                        ("host", "127.0.0.1\r\nX")])
+def test_override_with_control_characters_is_refused(build: Callable[..., BundleResult], tmp_path: Path,
+                                                     key: str, value: str) -> None:
+    """device_key lands in the systemd unit, host in the bridge's ExecStart line."""
+    with pytest.raises(UserError, match="control character"):
+        build(config_overrides={key: value})
+    assert not (tmp_path / "out").exists()
+
+
 def test_not_a_model_dir(build: Callable[..., BundleResult], tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="not a model directory"):

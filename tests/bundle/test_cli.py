@@ -7,6 +7,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,15 @@ def test_keys_generate_force_replaces(tmp_path: Path, capsys: pytest.CaptureFixt
     assert _run(["keys", "generate", "--out", prefix, "--force"], capsys)[0] == 0
     assert (tmp_path / "k.pub").read_bytes() != old
     assert stat.S_IMODE((tmp_path / "k.key").stat().st_mode) == 0o600
+
+
+def test_verify_uses_the_default_key_as_typed(build: Callable[..., BundleResult], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`llmos-edge verify B` with no flags checks against the user's default key (as serve does)."""
+    from llmos_edge.bundle.keyplace import default_signing_key
+
+    key = default_signing_key()  # XDG_CONFIG_HOME is per test (conftest)
+    assert key.is_relative_to(tmp_path)
+    res = build("own", signing_key=key)
+    code, out, _ = _run(["verify", str(res.image)], capsys)
+    assert code == 0 and "signed by key" in out

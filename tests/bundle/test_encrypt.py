@@ -161,3 +161,36 @@ def test_encrypted_bundles_use_fresh_keys(build: Callable[..., BundleResult],
     key = "models/tiny/model.onnx.enc"
     assert a.manifest["files"][key] != b.manifest["files"][key]
     assert os.path.getsize(a.image) > 0
+
+
+@pytest.mark.parametrize("offset", range(struct.calcsize(">8s7sI")))
+def test_every_header_byte_is_authenticated(sealed: BundleResult, device_keys: tuple[Path, Path],
+                                            offset: int) -> None:
+    """Magic, nonce prefix and chunk size: flipping any bit of the header is refused."""
+    enc = sealed.folder / "models" / "tiny" / "model.onnx.data.enc"
+    data = bytearray(enc.read_bytes())
+    data[offset] ^= 0x01
+    enc.write_bytes(bytes(data))
+    with pytest.raises(DecryptionError, match=r"not an llmos encrypted file|damaged"):
+        prepare_model_dir(sealed.folder / "models" / "tiny", device_keys[0])
+
+
+@pytest.mark.parametrize("chunk", [crypto.CHUNK // 2, crypto.CHUNK * 2, 0, 2**32 - 1])
+def test_chunk_size_rewritten_is_refused(sealed: BundleResult, device_keys: tuple[Path, Path],
+                                         chunk: int) -> None:
+    """model.onnx is one chunk: with an unauthenticated header (v1) any larger size still decrypted."""
+    enc = sealed.folder / "models" / "tiny" / "model.onnx.enc"
+    raw = enc.read_bytes()
+    magic, prefix, _ = crypto._HEADER.unpack(raw[: crypto._HEADER.size])
+    enc.write_bytes(crypto._HEADER.pack(magic, prefix, chunk) + raw[crypto._HEADER.size:])
+    with pytest.raises(DecryptionError, match="damaged"):
+        prepare_model_dir(sealed.folder / "models" / "tiny", device_keys[0])
+
+
+def test_old_v1_files_are_refused_with_a_rebuild_hint(sealed: BundleResult,
+                                                     device_keys: tuple[Path, Path]) -> None:
+    """Bundles built before the header was authenticated: not loaded (no downgrade to v1)."""
+    enc = sealed.folder / "models" / "tiny" / "model.onnx.enc"
+    enc.write_bytes(crypto.MAGIC_V1 + enc.read_bytes()[8:])
+    with pytest.raises(DecryptionError, match=r"old encryption format.*rebuild the bundle"):
+        prepare_model_dir(sealed.folder / "models" / "tiny", device_keys[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tarfile
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from llmos_edge.bundle import BundleResult, open_bundle, verify_bundle
 from llmos_edge.bundle import extract as ex
+from llmos_edge.bundle import manifest as mf
 from llmos_edge.errors import CheckFailed, UserError
 
 Entry = Callable[[tarfile.TarFile], None]
@@ -24,6 +26,7 @@ def _file(name: str, data: bytes = b"x", mode: int = 0o644) -> Entry:
         info = tarfile.TarInfo(name)
         info.size, info.mode = len(data), mode
         tar.addfile(info, io.BytesIO(data))
+    add.listed = (name, data)  # type: ignore[attr-defined]  # what a manifest would list for it
     return add
 
 
@@ -35,10 +38,23 @@ def _special(name: str, kind: bytes, linkname: str = "") -> Entry:
     return add
 
 
-def _image(path: Path, *entries: Entry) -> Path:
+def _manifest(entries: tuple[Entry, ...]) -> bytes:
+    """A well-formed manifest listing every regular file entry (so each hostile case is about the
+    entry, not about a broken manifest); normalised names, first occurrence wins."""
+    files: dict[str, dict[str, object]] = {}
+    for add in entries:
+        if hasattr(add, "listed"):
+            name, data = add.listed
+            while name.startswith("./"):
+                name = name[2:]
+            files.setdefault(name, {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)})
+    return mf.dump({"schema_version": 1, "name": "x", "bundle_version": "1.0.0", "files": files})
+
+
+def _image(path: Path, *entries: Entry, manifest: bytes | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tar:
-        _file("manifest.json", b"{}")(tar)
+        _file("manifest.json", _manifest(entries) if manifest is None else manifest)(tar)
         for add in entries:
             add(tar)
     return path
@@ -62,6 +78,8 @@ BAD = {
     "dot-as-file": ([_file(".")], "not a canonical"),
     "empty-component": ([_file("a//b")], "not a canonical"),
     "file-then-child": ([_file("a", b"1"), _file("a/b", b"2")], "conflict"),
+    "second-manifest": ([_file("manifest.json", b"{}")], "appears twice"),
+    "folder-not-listed": ([_special("stray", tarfile.DIRTYPE)], "folder the manifest does not list"),
 }
 
 
@@ -140,7 +158,6 @@ _PARTS = st.sampled_from(["a", "b", "..", ".", "", "/", "c.txt", "\\", "models"]
 @given(names=st.lists(st.lists(_PARTS, min_size=1, max_size=5).map("/".join), min_size=1, max_size=4))
 def test_any_accepted_archive_stays_inside(names: list[str], tmp_path: Path) -> None:
     """Property: whatever entry names an archive has, extraction writes only inside its folder."""
-    import hashlib
     import uuid
 
     work = tmp_path / uuid.uuid4().hex

@@ -79,3 +79,39 @@ def test_recipe_template_cannot_overwrite_bundle_files(build: Callable[..., Bund
 def test_unknown_bundle_kind() -> None:
     with pytest.raises(UserError, match="no bundle templates"):
         render_project("no-such-kind", {})
+
+
+@pytest.mark.parametrize("text", ["{% include 'other.txt' %}", "{% extends 'base.txt' %}",
+                                  "{% import 'm.txt' as m %}", "{% from 'm.txt' import x %}"])
+def test_include_extends_import_refused_exit_2(text: str) -> None:
+    """Once a TypeError (exit 1); a recipe template must be self-contained."""
+    with pytest.raises(UserError, match="self-contained") as info:
+        render_recipe_templates({"a.txt": text}, {}, "r")
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize("text, match", [
+    ("{{ 'x' * 100000000000 }}", "limit is"),
+    ("{{ [1] * 10000000 }}", "limit is"),
+    ("{{ 9 ** 999999999 }}", "exponent"),
+    ("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", "renders more than"),
+    ("{{ range(10**9) | list }}", "MAX_RANGE"),
+])
+def test_oversize_output_refused(text: str, match: str) -> None:
+    with pytest.raises(UserError, match=match) as info:
+        render_recipe_templates({"a.txt": text}, {}, "r")
+    assert info.value.exit_code == 2
+
+
+def test_endless_loop_stopped_by_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loops that print nothing never reach the size check: the child process is killed on time."""
+    import time
+
+    from llmos_edge.bundle import render
+
+    monkeypatch.setattr(render, "RENDER_TIMEOUT_S", 2.0)
+    spin = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
+    started = time.monotonic()
+    with pytest.raises(UserError, match="did not finish rendering within 2 s"):
+        render_recipe_templates({"a.txt": spin}, {}, "r")
+    assert time.monotonic() - started < 10

@@ -190,3 +190,44 @@ def test_manifest_without_files_table(copy: tuple[Path, Path]) -> None:
     folder, pub = copy
     (folder / "manifest.json").write_text('{"schema_version": 1}')
     _fails(folder, pub, "'files' must map paths")
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[" * 100_000 + "]" * 100_000, "nests brackets 100000 deep"),
+    ('{"a": ' * 100_000 + "1" + "}" * 100_000, "nests brackets 100000 deep"),
+    ("[" * 100_000, "nests brackets 100000 deep"),
+    ('{"schema_version": 1, "pad": "' + "x" * (17 << 20) + '"}', "the limit is"),
+    ("\udcff", "not valid JSON"),
+])
+def test_hostile_manifest_is_a_clear_check_failure(copy: tuple[Path, Path], text: str, needle: str) -> None:
+    """100k nested brackets were a RecursionError (exit 1); now exit 4 with the reason."""
+    import subprocess
+    import sys
+
+    folder, pub = copy
+    (folder / "manifest.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    _fails(folder, pub, needle)
+    p = subprocess.run([sys.executable, "-m", "llmos_edge", "verify", str(folder), "--key", str(pub)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 4 and needle in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("entry", [{"sha256": "0" * 64, "size": -1}, {"sha256": "0" * 64, "size": True},
+                                   {"sha256": "0" * 64, "size": 1 << 40}, {"sha256": "zz", "size": 1},
+                                   {"sha256": "0" * 64, "size": 1.5}])
+def test_manifest_entry_shape_checked(copy: tuple[Path, Path], entry: dict[str, object]) -> None:
+    folder, pub = copy
+    raw = json.loads((folder / "manifest.json").read_text())
+    raw["files"]["config/runtime.json"] = entry
+    (folder / "manifest.json").write_text(json.dumps(raw))
+    _fails(folder, pub, "'files' must map paths")
+
+
+def test_manifest_without_name_refused_not_a_crash(copy: tuple[Path, Path]) -> None:
+    """An unsigned manifest with no name once crashed the --allow-unsigned record (KeyError)."""
+    folder, _ = copy
+    raw = json.loads((folder / "manifest.json").read_text())
+    del raw["name"]
+    (folder / "manifest.json").write_text(json.dumps(raw))
+    (folder / "manifest.sig").unlink()
+    _fails(folder, None, "'name' and 'bundle_version' must be non-empty strings", allow_unsigned=True)

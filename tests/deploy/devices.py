@@ -180,12 +180,24 @@ class Device:
 
     def stop(self) -> None:
         self.stop_runtime()
+        kill_processes_under(self.home)  # runtimes a test started under another --root of this device
         self.proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
         if self.proc.poll() is None:
             self.proc.kill()
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+def kill_processes_under(folder: Path) -> None:
+    """SIGKILL every process whose command line names a path inside `folder` (read from /proc)."""
+    mark = str(folder).encode() + b"/"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if mark in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
 
 
 def start_device(tmp: Path, identity: Path, authorized: Path, runtime_port: int | None = None) -> Device:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from llmos_edge.runtime.config import RuntimeConfig
@@ -61,3 +63,25 @@ def chat(model: str, content: str = "Hello there", **kw: Any) -> dict[str, Any]:
 
 MakeConfig = Callable[..., RuntimeConfig]
 StartServer = Callable[[RuntimeConfig], RunningServer]
+
+
+def seal(root: Path, key: Path | None, version: str = "1.0.0") -> Path:
+    """Write manifest.json (every file's sha256 and size) and, with a key, manifest.sig: a real bundle
+    as far as verification goes, for bundle-shaped folders the runtime tests build by hand."""
+    from llmos_edge.bundle import manifest as mf
+    from llmos_edge.bundle.keys import sign
+    from llmos_edge.fsutil import sha256_file
+
+    (root / mf.SIGNATURE).unlink(missing_ok=True)
+    files = {}
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            if rel not in mf.NOT_IN_FILES:
+                files[rel] = {"sha256": sha256_file(root / rel), "size": (root / rel).stat().st_size}
+    data = mf.dump({"schema_version": mf.SCHEMA_VERSION, "name": root.name, "bundle_version": version,
+                    "files": dict(sorted(files.items()))})
+    (root / mf.MANIFEST).write_bytes(data)
+    if key is not None:
+        (root / mf.SIGNATURE).write_bytes(sign(data, key)[0])
+    return root

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llmos_edge.runtime.chat import render_chatml, render_with_jinja
+from llmos_edge.runtime.chat import make_renderer, render_with_jinja
 from llmos_edge.runtime.descriptor import read_descriptor
 from llmos_edge.runtime.engines import REGISTRY, EngineOptions, GenParams, create_engine
-from llmos_edge.runtime.errors import ConfigError
+from llmos_edge.runtime.errors import ApiError, ConfigError
 from llmos_edge.runtime.sampling import Sampler
 from llmos_edge.runtime.textgen import GenResult, stream_text
 
@@ -60,13 +60,23 @@ def test_chat_template_rendering_is_the_same_natively_and_with_jinja(
     assert "What is the capital of France?" in native
 
 
-def test_chatml_fallback_without_jinja() -> None:
-    text = render_chatml([{"role": "user", "content": "hi"}])
-    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+def test_no_invented_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a template chat is refused (400, pointing to /v1/completions); without jinja2 a
+    template that needs it is refused (503) instead of being replaced by ChatML."""
     tpl = "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}{{ eos_token }}"
-    assert (
-        render_with_jinja(tpl, [{"role": "user", "content": "hi"}], {"eos_token": "</s>"}) == "[user]hi</s>"
-    )
+    msgs = [{"role": "user", "content": "hi"}]
+    assert render_with_jinja(tpl, msgs, {"eos_token": "</s>"}) == "[user]hi</s>"
+    assert make_renderer("m", tpl, {"eos_token": "</s>"})(msgs) == "[user]hi</s>"
+    with pytest.raises(ApiError) as none:
+        make_renderer("base", None, {})(msgs)
+    assert none.value.status == 400 and "/v1/completions" in none.value.message
+    import sys
+
+    monkeypatch.setitem(sys.modules, "jinja2.sandbox", None)  # as on a device without jinja2
+    assert render_with_jinja(tpl, msgs, {}) is None
+    with pytest.raises(ApiError) as missing:
+        make_renderer("m", tpl, {})(msgs)
+    assert missing.value.status == 503 and "jinja2" in missing.value.message
 
 
 @pytest.mark.parametrize("which", ["genai", "plain"])

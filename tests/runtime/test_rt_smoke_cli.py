@@ -15,9 +15,19 @@ from typing import Any
 
 import pytest
 
-from .rt_helpers import chat, http
+from .rt_helpers import chat, http, seal
 
 PY = sys.executable
+
+
+@pytest.fixture(autouse=True)
+def _default_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Bundles here are signed with the user's default key, so `serve/run/smoke B` verify as typed."""
+    from llmos_edge.bundle.keyplace import default_signing_key
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("LLMOS_EDGE_SIGNING_KEY", raising=False)
+    return default_signing_key()
 
 
 def _bundle(root: Path, decoder_dir: Path, golden: dict[str, Any]) -> Path:
@@ -37,7 +47,9 @@ def _bundle(root: Path, decoder_dir: Path, golden: dict[str, Any]) -> Path:
     )
     (root / "smoke").mkdir()
     (root / "smoke" / "golden.json").write_text(json.dumps(golden))
-    return root
+    from llmos_edge.bundle.keyplace import default_signing_key
+
+    return seal(root, default_signing_key())
 
 
 GOOD = {
@@ -260,3 +272,59 @@ def test_cli_run_accepts_a_bundle_image(decoder_dir: Path, tmp_path: Path) -> No
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["completion_tokens"] <= 6
+
+
+def test_cli_smoke_prints_failing_answers_and_json(decoder_dir: Path, tmp_path: Path) -> None:
+    """The summary names each failing prompt with its answer (never `failures: []` with exit 4)."""
+    wrong = {
+        "model": "dec",
+        "prompts": [
+            {"name": "fine", "prompt": "The capital", "max_tokens": 4},
+            {"name": "wrong", "prompt": "The capital", "max_tokens": 4, "expect_contains": ["zz-never-zz"]},
+        ],
+    }
+    b = _bundle(tmp_path / "w", decoder_dir, wrong)
+    p = _run(["-m", "llmos_edge", "smoke", str(b)])
+    assert p.returncode == 4, p.stdout + p.stderr
+    assert "smoke FAILED: 1/2 checks passed" in p.stdout and "FAIL wrong [completion]: answer '" in p.stdout
+    assert "wrong: answer lacks 'zz-never-zz'" in p.stdout and "zz-never-zz" in p.stderr
+    j = _run(["-m", "llmos_edge", "smoke", str(b), "--json"])
+    assert j.returncode == 4
+    report = json.loads(j.stdout)  # the whole report, parseable, like the other commands' --json
+    assert report["ok"] is False and [r["ok"] for r in report["results"]] == [True, False]
+    assert len(report["summary"]["failures"]) == 1 and "zz-never-zz" in report["summary"]["failures"][0]
+    assert report["results"][1]["text"] in report["summary"]["failures"][0]
+
+
+def test_throughput_is_na_not_a_fake_number(decoder_dir: Path, tmp_path: Path) -> None:
+    """One generated token gives no decode rate: reported n/a (null), and a floor says why it fails."""
+    one = {
+        "model": "dec",
+        "limits": {"max_first_token_ms": 60000, "min_tokens_per_s": 1},
+        "prompts": [{"name": "one", "prompt": "The capital", "max_tokens": 1}],
+    }
+    b = _bundle(tmp_path / "one", decoder_dir, one)
+    p = _run(["-m", "llmos_edge", "smoke", str(b), "--json"])
+    report = json.loads(p.stdout)
+    assert report["results"][0]["tokens_per_s"] is None and report["summary"]["tokens_per_s_median"] is None
+    assert p.returncode == 4 and "decode tokens/s n/a" in report["summary"]["failures"][0]
+    text = _run(["-m", "llmos_edge", "smoke", str(b)]).stdout
+    assert "decode n/a (median)" in text
+
+
+def test_rate_guards() -> None:
+    from llmos_edge.runtime.client import StreamOutcome
+    from llmos_edge.runtime.textgen import GenResult
+
+    one_chunk = StreamOutcome(
+        text="abc", first_token_s=0.5, total_s=0.5000001, completion_tokens=9, chunks=["abc"]
+    )
+    assert one_chunk.decode_tokens_per_s() is None  # 9 tokens read at once: no rate
+    instant = StreamOutcome(first_token_s=0.5, total_s=0.5, completion_tokens=9, chunks=["a", "b"])
+    assert instant.decode_tokens_per_s() is None
+    real = StreamOutcome(first_token_s=0.5, total_s=1.5, completion_tokens=11, chunks=["a", "b"])
+    assert real.decode_tokens_per_s() == pytest.approx(10.0)
+    g = GenResult(completion_tokens=1, first_token_s=0.1, started=0.0, ended=5.0)
+    assert g.decode_tokens_per_s() is None
+    g = GenResult(completion_tokens=50, first_token_s=0.1, started=0.0, ended=0.1)
+    assert g.decode_tokens_per_s() is None

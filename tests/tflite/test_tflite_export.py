@@ -23,9 +23,11 @@ pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent
 FRANCE = "What is the capital of France?"
 # SmolLM2 dynamic int8 vs torch fp32 (the dequantized GGUF) on the 37 positions of the France chat
-# prompt. Measured: cosine of the logit vectors mean 0.987 / min 0.920, top-1 equal on 36 of 37,
-# max |diff| 5.5 on logits of scale 38. Tolerance: mean cosine >= 0.98, min >= 0.90, top-1 >= 0.95.
-SMOL_MEAN_COS, SMOL_MIN_COS, SMOL_MIN_TOP1 = 0.98, 0.90, 0.95
+# prompt. Measured on an Intel runner: cosine of the logit vectors mean 0.987 / min 0.920, top-1 equal on
+# 36 of 37, max |diff| 5.5 on logits of scale 38. On an AMD EPYC (Zen 4, AVX512-VNNI: XNNPACK picks other
+# int8 kernels) the same file gives mean 0.988 / min 0.875, top-1 35 of 37. Tolerance covers both:
+# mean cosine >= 0.98, min >= 0.85, top-1 >= 0.93 (at most two of 37 positions differ).
+SMOL_MEAN_COS, SMOL_MIN_COS, SMOL_MIN_TOP1 = 0.98, 0.85, 0.93
 
 
 def _tiny_hf(tc: Any, kind: str, out: Path) -> Path:

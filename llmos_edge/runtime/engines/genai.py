@@ -8,11 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..chat import find_template, make_renderer
+from ..chat import make_renderer
 from ..descriptor import ModelDescriptor
 from ..errors import ConfigError
 from .base import EngineOptions, GenParams
-from .tokenizer import load_tokenizer, special_tokens
+from .tokenizer import encode, load_tokenizer, special_tokens
 
 
 def _og_config(og: Any, model_dir: Path, options: EngineOptions) -> Any:
@@ -63,8 +63,9 @@ class GenaiEngine:
         self.tokenizer = load_tokenizer(model_dir)
         eos = descriptor.eos_token_ids or tuple(int(x) for x in self.og_tokenizer.eos_token_ids)
         self.eos_ids = frozenset(eos)
-        template = find_template(model_dir, descriptor.chat_template)
-        self.render_chat = make_renderer(template, special_tokens(model_dir), self._native_template)
+        self.render_chat = make_renderer(
+            descriptor.name, descriptor.chat_template, special_tokens(model_dir), self._native_template
+        )
         self._warmup()
 
     def _warmup(self) -> None:
@@ -79,8 +80,7 @@ class GenaiEngine:
         return out
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
-        return ids
+        return encode(self.tokenizer, text, add_special_tokens, self.descriptor.bos_token_id)
 
     def decode(self, ids: list[int]) -> str:
         text: str = self.tokenizer.decode(ids, skip_special_tokens=True)

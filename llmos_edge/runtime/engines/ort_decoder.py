@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from ..chat import find_template, make_renderer
+from ..chat import make_renderer
 from ..descriptor import ModelDescriptor
 from ..errors import ConfigError
 from ..sampling import Sampler
 from .base import EngineOptions, GenParams
 from .ort_session import make_session
-from .tokenizer import load_tokenizer, special_tokens
+from .tokenizer import encode, load_tokenizer, special_tokens
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -62,12 +62,10 @@ class OrtDecoderEngine:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.tokenizer = load_tokenizer(model_dir)
         self.eos_ids = frozenset(descriptor.eos_token_ids)
-        template = find_template(model_dir, descriptor.chat_template)
-        self.render_chat = make_renderer(template, special_tokens(model_dir))
+        self.render_chat = make_renderer(descriptor.name, descriptor.chat_template, special_tokens(model_dir))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
-        return ids
+        return encode(self.tokenizer, text, add_special_tokens, self.descriptor.bos_token_id)
 
     def decode(self, ids: list[int]) -> str:
         text: str = self.tokenizer.decode(ids, skip_special_tokens=True)

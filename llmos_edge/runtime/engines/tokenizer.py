@@ -18,6 +18,15 @@ def load_tokenizer(model_dir: Path) -> Any:
     return Tokenizer.from_file(str(path))
 
 
+def encode(tokenizer: Any, text: str, add_special_tokens: bool, bos: int | None) -> list[int]:
+    """Token ids; a plain-text prompt gets the model's BOS (descriptor bos_token_id) when the
+    tokenizer's post-processor does not add it (add_bos_token lives in tokenizer_config.json)."""
+    ids: list[int] = list(tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
+    if add_special_tokens and bos is not None and (not ids or ids[0] != bos):
+        ids.insert(0, bos)
+    return ids
+
+
 def special_tokens(model_dir: Path) -> dict[str, str]:
     """bos/eos strings for chat templates that reference them."""
     cfg = model_dir / "tokenizer_config.json"

@@ -13,6 +13,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _contract import WorkerError, progress, serve
+from genai_config_fix import ConfigLayoutError, normalize
 
 
 def gguf_to_hf(req: dict[str, Any]) -> dict[str, Any]:
@@ -50,28 +51,87 @@ def export_decoder(req: dict[str, Any]) -> dict[str, Any]:
     """Run the model builder: fused GQA graph + MatMulNBits weights + genai_config.json."""
     import json
 
-    from onnxruntime_genai.models import builder
-
     hf_dir, out, cache = req["hf_dir"], req["out_dir"], req["cache_dir"]
     config = json.loads(Path(hf_dir, "config.json").read_text())
     arch = (config.get("architectures") or ["?"])[0]
-    opts = [f"{k}={v}" for k, v in req.get("extra_options", {}).items()]
     progress(f"building {arch} {req['precision']} for {req['execution_provider']}")
+    normalized = _run_builder(req, arch)
+    shutil.rmtree(cache, ignore_errors=True)
+    # only a model that ties its weights may read the embedding from the lm_head
+    tie = req.get("tie_int8_embedding") and config.get("tie_word_embeddings", False)
+    tied = tie_int8_embedding(Path(out)) if tie else None
+    return {
+        "architecture": arch,
+        "files": sorted(os.listdir(out)),
+        "tied_int8_embedding": tied,
+        "config_normalized": normalized,
+    }
+
+
+# what the builder raises on a config it misreads or a model it cannot build (never a traceback)
+_BUILDER_FAILURES = (KeyError, AttributeError, TypeError, ValueError, IndexError, AssertionError)
+
+
+def _run_builder(req: dict[str, Any], arch: str) -> list[str]:
+    """parse_extra_options, normalize the config it loaded, create_model; failures -> WorkerError."""
+    from onnxruntime_genai.models import builder
+
+    hf_dir, out, cache = req["hf_dir"], req["out_dir"], req["cache_dir"]
+    precision, provider = req["precision"], req["execution_provider"]
+    options = {**sliding_window_options(hf_dir), **req.get("extra_options", {})}
+    opts = [f"{k}={v}" for k, v in options.items()]
     try:
-        extra = builder.parse_extra_options(
-            "", hf_dir, out, req["precision"], req["execution_provider"], cache, opts
-        )
-        builder.create_model("", hf_dir, out, req["precision"], req["execution_provider"], cache, **extra)
+        extra = builder.parse_extra_options("", hf_dir, out, precision, provider, cache, opts)
+        normalized = normalize(extra["hf_details"]["hf_config"])
+        for change in normalized:
+            progress(f"config for the builder: {change}")
+        builder.create_model("", hf_dir, out, precision, provider, cache, **extra)
+    except ConfigLayoutError as exc:
+        raise WorkerError("unsupported_architecture", f"onnxruntime-genai's model builder: {exc}") from exc
     except NotImplementedError as exc:
         raise WorkerError(
             "unsupported_architecture",
             f"onnxruntime-genai's model builder cannot export architecture {arch}: {exc}",
         ) from exc
-    shutil.rmtree(cache, ignore_errors=True)
-    # only a model that ties its weights may read the embedding from the lm_head
-    tie = req.get("tie_int8_embedding") and config.get("tie_word_embeddings", False)
-    tied = tie_int8_embedding(Path(out)) if tie else None
-    return {"architecture": arch, "files": sorted(os.listdir(out)), "tied_int8_embedding": tied}
+    except _BUILDER_FAILURES as exc:
+        raise WorkerError("unsupported_architecture", builder_failure(arch, exc)) from exc
+    return normalized
+
+
+def sliding_window_options(hf_dir: str) -> dict[str, str]:
+    """A model with sliding layers (Gemma 3) gets a full-length KV cache on those layers too.
+
+    The builder's default bounded window cache needs the generator's max_length to reach the window
+    ("KV cache capacity (14) must be at least local_window_size (16)", measured), and the runtime
+    sizes max_length per request (prompt + max_tokens), far below Gemma 3 270M's 512-token window.
+    Greedy tokens equal transformers' either way (tests/build/test_misread_configs.py).
+    """
+    import json
+
+    config = json.loads(Path(hf_dir, "config.json").read_text())
+    layer_types = config.get("layer_types") or []
+    sliding = isinstance(layer_types, list) and "sliding_attention" in layer_types
+    return {"windowed_kv_cache": "false"} if sliding and config.get("sliding_window") else {}
+
+
+def builder_failure(arch: str, exc: BaseException) -> str:
+    """One line naming the architecture, the config field (when known) and where the builder failed."""
+    import traceback
+
+    key = exc.args[0] if isinstance(exc, KeyError) and exc.args else None
+    if isinstance(key, str) and key.isidentifier():
+        what = f"it looked for the config field {key!r} and found none"
+    elif isinstance(exc, AttributeError) and getattr(exc, "name", None):
+        what = f"it looked for the config field {exc.name!r} and found none"
+    else:
+        what = f"{type(exc).__name__}: {exc}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = next((f for f in reversed(frames) if "onnxruntime_genai" in f.filename), None)
+    at = f" (at {Path(where.filename).name}:{where.lineno} {where.name})" if where else ""
+    return (
+        f"onnxruntime-genai's model builder cannot export this {arch} model: {what}{at} "
+        "(a config layout or model feature the builder does not support)"
+    )
 
 
 def _embedding_rewrite(graph: Any, gather: Any, lm: Any, block: int, hidden: int) -> list[Any]:
@@ -182,6 +242,43 @@ def tiny_llama(req: dict[str, Any]) -> dict[str, Any]:
     return {"params": sum(p.numel() for p in model.parameters())}
 
 
+def tiny_decoder(req: dict[str, Any]) -> dict[str, Any]:
+    """A tiny random decoder of any transformers model_type (tests), saved as an HF folder."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(int(req.get("seed", 0)))
+    config = AutoConfig.for_model(req["model_type"], **req["config"])
+    config.architectures = [req["architecture"]]
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(req["out_dir"])
+    return {"params": sum(p.numel() for p in model.parameters())}
+
+
+def hf_greedy(req: dict[str, Any]) -> dict[str, Any]:
+    """transformers' greedy continuation of token ids and each step's logits (the reference)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(int(req.get("threads", 1)))
+    model = AutoModelForCausalLM.from_pretrained(req["hf_dir"], dtype=torch.float32).eval()
+    ids = torch.tensor([req["ids"]], dtype=torch.long)
+    with torch.no_grad():
+        out = model.generate(
+            ids,
+            max_new_tokens=int(req["max_new_tokens"]),
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    return {
+        "ids": out.sequences[0, ids.shape[1] :].tolist(),
+        "logits": [step[0].tolist() for step in out.logits],
+    }
+
+
 def hf_tokenize(req: dict[str, Any]) -> dict[str, Any]:
     """Token ids as transformers computes them (used to check the tokenizer repair)."""
     from transformers import AutoTokenizer
@@ -196,6 +293,8 @@ if __name__ == "__main__":
             "gguf_to_hf": gguf_to_hf,
             "export_decoder": export_decoder,
             "tiny_llama": tiny_llama,
+            "tiny_decoder": tiny_decoder,
+            "hf_greedy": hf_greedy,
             "hf_tokenize": hf_tokenize,
         }
     )

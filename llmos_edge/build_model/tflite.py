@@ -1,7 +1,8 @@
 """The model half of a build for format tflite: source -> litert-torch export (quantized) -> gate.
 
 litert-torch quantizes while it converts and takes a GGUF or HF folder directly, so there is no
-separate prepare or quantize stage; the reference is the torch fp32 model of the same source.
+separate prepare or quantize stage; the reference is the torch fp32 model of the same source. The
+context cap (the KV cache fixed at export) comes from the format table and is already in the plan.
 """
 
 from __future__ import annotations
@@ -11,35 +12,27 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import cache
-from .stages import tflite
-
-# The KV cache is fixed at export and copied on every decode step; 2k would move ~94 MB a token.
-MAX_TFLITE_CONTEXT = 512
-_ENCODER_MAX_SEQ = 256
+from ..plan import BuildPlan
+from ..stages import tflite
+from ..stages.source import ResolvedSource
+from ._run import FormatResult, StageRunner, framing, limits, report_from_dict
 
 
-def tflite_context(plan: Any) -> int:
-    return int(
-        min(plan.context_length, MAX_TFLITE_CONTEXT if plan.task == "text-generation" else _ENCODER_MAX_SEQ)
-    )
-
-
-def export_and_evaluate(run: Any, plan: Any, src: Any, limits: dict[str, Any]) -> tuple[Path, Any, Any]:
-    """Returns (model dir, quality report, toolchain); the caller applies the gate."""
-    from .build_model import report_from_dict
-
+def build(run: StageRunner, plan: BuildPlan, src: ResolvedSource) -> FormatResult:
+    """Export and score; the caller applies the gate."""
     tc = tflite.toolchain()
     tflite.check_quant(plan.quant)
-    ctx = tflite_context(plan)
+    ctx = plan.context_length
+    lim = limits(plan)
     opts = {
         "format": "tflite",
         "task": plan.task,
         "quant": plan.quant,
         "context": ctx,
         "name": plan.recipe.name,
+        **framing(plan),
     }
-    key = cache.stage_key("export", {"source": src.sha256}, opts, tc.lock_hash)
+    key = run.key("export", {"source": src.sha256}, opts, tc.lock_hash)
 
     def produce(out: Path) -> dict[str, Any]:
         if plan.task == "text-generation":
@@ -51,6 +44,7 @@ def export_and_evaluate(run: Any, plan: Any, src: Any, limits: dict[str, Any]) -
                 quant=plan.quant,
                 context_length=ctx,
                 on_progress=run.log("export"),
+                **framing(plan),
             )
         return tflite.export_encoder(
             tc,
@@ -66,11 +60,11 @@ def export_and_evaluate(run: Any, plan: Any, src: Any, limits: dict[str, Any]) -
     text = plan.recipe.evaluation_text or ""
     eval_opts = {
         "text": hashlib.sha256(text.encode()).hexdigest(),
-        "limits": limits,
+        "limits": lim,
         "golden": [g.model_dump() for g in plan.recipe.golden],
         "v": 1,
     }
-    eval_key = cache.stage_key("evaluate", {"model": key}, eval_opts)
+    eval_key = run.key("evaluate", {"model": key}, eval_opts)
 
     def score(out: Path) -> None:
         if plan.task == "text-generation":
@@ -81,13 +75,14 @@ def export_and_evaluate(run: Any, plan: Any, src: Any, limits: dict[str, Any]) -
                 quant=plan.quant,
                 evaluation_text=text,
                 golden=plan.recipe.golden,
-                limits=limits,
+                limits=lim,
             )
         else:
             rep = tflite.evaluate_encoder(
-                tc, model_dir, src.path, quant=plan.quant, evaluation_text=text, limits=limits
+                tc, model_dir, src.path, quant=plan.quant, evaluation_text=text, limits=lim
             )
         (out / "quality.json").write_text(json.dumps(rep.to_dict(), indent=2))
 
     path = run.stage("evaluate", eval_key, score, {"quant": plan.quant})
-    return model_dir, report_from_dict(json.loads((path / "quality.json").read_text())), tc
+    quality = report_from_dict(json.loads((path / "quality.json").read_text()))
+    return FormatResult(model_dir, None, quality, tc)
