@@ -44,7 +44,9 @@ def default_signing_key() -> Path:
     if key.exists():
         return key
     old = legacy_key_path()
-    if old != key and old.exists():
+    # the default cache (~/.cache/llmos-edge) derived ~/.config/llmos-edge: the user's own config folder,
+    # not a moved-cache place; only a key elsewhere is the unsafe leftover to refuse
+    if old != key and old.exists() and old.parent != Path.home() / ".config" / "llmos-edge":
         raise UserError(
             f"the signing key is no longer looked for at {old} (a place derived from the cache "
             f"folder, which may be shared or world-writable); it belongs in {key.parent}",

@@ -103,3 +103,13 @@ def test_generate_refuses_a_writable_folder(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="others can write to"):
         generate_keys(shared / "release")
     assert list(shared.iterdir()) == []
+
+
+def test_key_in_home_config_is_no_leftover(home: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default cache derives ~/.config/llmos-edge: the user's own folder, not an unsafe leftover."""
+    monkeypatch.delenv("LLMOS_EDGE_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    generate_keys(home / ".config" / "llmos-edge" / "signing")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    assert default_signing_key() == tmp_path / "cfg" / "llmos-edge" / "signing.key"
