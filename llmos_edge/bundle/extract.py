@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from ..errors import CheckFailed, UserError
-from ..fsutil import ensure_free_space, is_disk_full
+from ..fsutil import ensure_free_space, is_disk_full, pid_alive
 from ..paths import cache_root
 from . import manifest as mf
 
@@ -208,18 +208,8 @@ def sweep_partials(folder: Path) -> None:
             pid = int(p.name.rsplit(".", 2)[-2])
         except (ValueError, IndexError):
             continue
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             shutil.rmtree(p, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Extraction:
