@@ -32,6 +32,13 @@ class StreamOutcome:
         span = self.total_s - self.first_token_s
         return (self.completion_tokens - 1) / span if span >= MIN_SPAN_S else None
 
+    def request_tokens_per_s(self) -> float | None:
+        """All tokens over the whole request, prefill included: a lower bound of the decode rate that
+        exists even when the reply came in one chunk (a short golden prompt on a fast device)."""
+        if self.completion_tokens < 1 or self.total_s < MIN_SPAN_S:
+            return None
+        return self.completion_tokens / self.total_s
+
 
 
 def _request(url: str, body: Any, api_key: str | None) -> urllib.request.Request:

@@ -297,19 +297,27 @@ def test_cli_smoke_prints_failing_answers_and_json(decoder_dir: Path, tmp_path: 
 
 
 def test_throughput_is_na_not_a_fake_number(decoder_dir: Path, tmp_path: Path) -> None:
-    """One generated token gives no decode rate: reported n/a (null), and a floor says why it fails."""
-    one = {
-        "model": "dec",
-        "limits": {"max_first_token_ms": 60000, "min_tokens_per_s": 1},
-        "prompts": [{"name": "one", "prompt": "The capital", "max_tokens": 1}],
-    }
-    b = _bundle(tmp_path / "one", decoder_dir, one)
+    """One generated token gives no decode rate: reported n/a (null). The floor is then checked on the
+    whole-request rate (a lower bound): a reachable floor passes and says so, an unreachable one fails."""
+    def one(floor: float) -> dict[str, object]:
+        return {"model": "dec", "limits": {"max_first_token_ms": 60000, "min_tokens_per_s": floor},
+                "prompts": [{"name": "one", "prompt": "The capital", "max_tokens": 1}]}
+
+    b = _bundle(tmp_path / "one", decoder_dir, one(1))
     p = _run(["-m", "llmos_edge", "smoke", str(b), "--json"])
     report = json.loads(p.stdout)
     assert report["results"][0]["tokens_per_s"] is None and report["summary"]["tokens_per_s_median"] is None
-    assert p.returncode == 4 and "decode tokens/s n/a" in report["summary"]["failures"][0]
+    bound = report["results"][0]["request_tokens_per_s"]
+    assert p.returncode == 0 and 1 <= bound < 1e6, report
+    assert "lower bound" in report["summary"]["tokens_per_s_note"]
     text = _run(["-m", "llmos_edge", "smoke", str(b)]).stdout
     assert "decode n/a (median)" in text
+
+    b = _bundle(tmp_path / "fast", decoder_dir, one(1e9))
+    p = _run(["-m", "llmos_edge", "smoke", str(b), "--json"])
+    report = json.loads(p.stdout)
+    assert p.returncode == 4 and "decode tokens/s n/a" in report["summary"]["failures"][0]
+    assert "does not clear the 1000000000.0 tokens/s floor" in report["summary"]["failures"][0]
 
 
 def test_rate_guards() -> None:
