@@ -216,23 +216,29 @@ def status_cmd(
 ) -> None:
     """What runs on the device: current/previous release, process, lock, failed releases."""
     from ..deploy import commands
+    from ..deploy.run import resolved_note
 
     st = _call(commands.status(_need_device(address), ssh, root))
     if as_json:
         emit_json(st)
         return
     lock = st.get("lock")
+    for note in resolved_note(st.get("resolved")):
+        click.echo(f"note: {note}")
     table(
         f"{st.get('hostname')} ({address})",
         ["field", "value"],
         [
-            ("current", st.get("current")),
+            ("current", st.get("current")),  # committed
+            ("serving", st.get("serving")),  # what the runtime process answering was started from
+            *([("WARNING", st["discrepancy"])] if st.get("discrepancy") else []),
             ("previous", st.get("previous")),
             ("pid", st.get("pid")),
             ("listening", st.get("listening")),
             ("releases", ", ".join(st.get("releases", []))),
             ("failed", ", ".join(st.get("failed", {}))),
             ("lock", lock.get("owner") if lock else "free"),
+            *([("busy", st["busy"].get("work"))] if st.get("busy") else []),
         ],
     )
 
@@ -250,8 +256,11 @@ def rollback_cmd(
 ) -> None:
     """Switch the device back to its previous release and restart it."""
     from ..deploy import commands
+    from ..deploy.run import resolved_note
 
     res = _call(commands.rollback(_need_device(address), ssh, root, to, timeout))
+    for note in resolved_note(res.get("resolved")):
+        click.echo(f"note: {note}")
     click.echo(f"active: {res['active']} (was {res['previous']})")
 
 

@@ -114,14 +114,18 @@ def check_version(probe: dict[str, Any], bundle: BundleSource, opts: PreflightOp
             f"{str(failed[bundle.version].get('reason', ''))[-200:]}",
             hints=["fix the bundle and build a new version", "or pass --retry-failed"],
         )
-    current = probe.get("current")
+    current = probe.get("current")  # the committed release (the agent resolved any pending one)
     if not current:
         return notes
     if current == bundle.version and not opts.reinstall:
-        raise AlreadyActive(
-            f"version {current} is already active on the device",
-            hints=["nothing to do; pass --reinstall to deploy it again"],
-        )
+        if probe.get("serving") == current:  # up to date = committed and serving, nothing less
+            raise AlreadyActive(
+                f"version {current} is already active on the device",
+                hints=["nothing to do; pass --reinstall to deploy it again"],
+            )
+        notes.append(f"{current} is committed but not serving ({probe.get('serving') or 'nothing'} is): "
+                     "starting it again")
+        return notes
     if version_key(bundle.version) < version_key(current):
         if not opts.allow_downgrade:
             raise UserError(
@@ -141,8 +145,11 @@ def preflight(probe: dict[str, Any], bundle: BundleSource, opts: PreflightOption
         lock = probe["lock"]
         from .remote import failure
 
+        holder = lock.get("owner") or lock.get("work")
         raise failure(
-            str(probe.get("hostname")), 10, {"holder": lock.get("owner"), "since": lock.get("since")}
+            str(probe.get("hostname")),
+            10,
+            {"holder": holder, "held_for": lock.get("held_for"), "holder_pid": lock.get("pid")},
         )
     check_platform(probe, bundle)
     check_wheels(probe, bundle)

@@ -13,7 +13,7 @@ from ..errors import DeviceError
 from ..transports.base import Process, Transport
 
 AGENT_PATH = Path(__file__).with_name("agent.py")
-RC_SMOKE, RC_LOCKED, RC_VERIFY, RC_REFUSED = 4, 10, 12, 13
+RC_SMOKE, RC_LOCKED, RC_VERIFY, RC_REFUSED, RC_RESOURCE = 4, 10, 12, 13, 14
 
 
 class AgentFailed(DeviceError):
@@ -56,13 +56,16 @@ class Agent:
             raise failure(self.transport.name, res.rc, payload)
         return payload
 
-    async def hold(self, token: str, owner: str, ttl: float) -> Process:
-        """Start the lock holder; it keeps the device lock until the returned process is closed."""
-        proc = await self.transport.start(
-            self.argv("hold", "--token", token, "--owner", owner, "--ttl", str(ttl))
-        )
+    async def hold(self, token: str, owner: str, ttl: float, wait: float = 120) -> Process:
+        """Start the lock holder; it keeps the device lock until the returned process is closed.
+
+        Device-side work that outlived an earlier session (an orphaned activate) is waited for, up
+        to `wait` seconds, so the next deploy converges instead of being turned away.
+        """
+        argv = self.argv("hold", "--token", token, "--owner", owner, "--ttl", str(ttl), "--wait", str(wait))
+        proc = await self.transport.start(argv)
         try:
-            line = await proc.readline(60)
+            line = await proc.readline(60 + wait)
         except TimeoutError:
             await proc.close()
             raise DeviceError(f"{self.transport.name}: the device did not answer the lock request") from None
@@ -94,21 +97,21 @@ def failure(device: str, rc: int, payload: dict[str, Any]) -> AgentFailed:
     if rc == RC_LOCKED:
         return AgentFailed(
             f"{device} is locked by {payload.get('holder') or 'another deploy'} "
-            f"since {_when(payload.get('since'))}",
+            f"(pid {payload.get('holder_pid') or '?'}), {held_for(payload.get('held_for'))}",
             rc,
             payload,
             hints=[
                 "wait for that deploy to finish and rerun",
-                "a lock is freed as soon as its deploy's connection ends",
+                "a lock is freed as soon as the process holding it ends (a deploy's session, or the "
+                "device-side work it started)",
             ],
         )
     hints = [str(h) for h in payload.get("hints") or []]
     return AgentFailed(f"{device}: {payload.get('error', 'device agent failed')}", rc, payload, hints=hints)
 
 
-def _when(epoch: Any) -> str:
-    import time
-
-    if not isinstance(epoch, int | float):
-        return "an unknown time"
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch)) + f" ({time.time() - epoch:.0f}s ago)"
+def held_for(seconds: Any) -> str:
+    """A lock's age as the device measured it on its boot clock (never its wall-clock timestamps)."""
+    if not isinstance(seconds, int | float):
+        return "held for an unknown time"
+    return f"held for {seconds:.0f}s (measured on the device)"

@@ -77,9 +77,10 @@ async def deploy(
     t0 = time.monotonic()
     agent = Agent(transport, opts.root, opts.remote_python)
     ev.phase("preflight")
-    probe = await agent.call("probe")
+    probe = await agent.call("probe")  # it first finishes or reverts an activation a kill interrupted
+    resolved = resolved_note(probe.get("resolved"))
     try:
-        notes = preflight(probe, bundle, opts.preflight)
+        notes = [*resolved, *preflight(probe, bundle, opts.preflight)]
     except AlreadyActive as exc:
         return DeployReport(
             transport.name,
@@ -88,6 +89,7 @@ async def deploy(
             previous=probe.get("previous"),
             message=exc.message,
             hints=exc.hints,
+            notes=resolved,
             seconds=time.monotonic() - t0,
         )
     if bundle.signature is None:
@@ -103,9 +105,16 @@ async def deploy(
     token = uuid.uuid4().hex
     holder = await agent.hold(token, owner_label(), opts.lock_ttl)
     try:
-        recheck = await agent.call("probe")  # another deploy may have finished between probe and lock
-        if recheck.get("current") != probe.get("current"):
-            check_version(recheck, bundle, opts.preflight)
+        # another deploy (or the orphaned worker `hold` waited for) may have finished in the meantime
+        recheck = await agent.call("probe")
+        notes += resolved_note(recheck.get("resolved"))
+        if (recheck.get("current"), recheck.get("serving")) != (probe.get("current"), probe.get("serving")):
+            try:
+                check_version(recheck, bundle, opts.preflight)
+            except AlreadyActive as exc:
+                report.status, report.message, report.notes = "up-to-date", exc.message, notes
+                report.seconds = time.monotonic() - t0
+                return report
         await _install(agent, bundle, opts, plan, token, root, ev, notes)
         ev.phase("activate")
         res = await _activate(agent, bundle, opts, token, report)
@@ -116,6 +125,19 @@ async def deploy(
     _fill(report, plan.stats)
     report.seconds = time.monotonic() - t0
     return report
+
+
+def resolved_note(resolved: Any) -> list[str]:
+    """What the agent did about an activation it found unfinished (its worker was killed)."""
+    if not isinstance(resolved, dict):
+        return []
+    if resolved.get("outcome") == "in-progress":
+        return [f"an activation of {resolved.get('version')} is still running on the device"]
+    return [
+        f"the device had an unfinished activation of {resolved.get('version')} "
+        f"(interrupted at {resolved.get('phase')}); it was {resolved.get('outcome')}, "
+        f"now serving {resolved.get('serving') or 'nothing'}"
+    ]
 
 
 async def _install(

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import DeviceError
-from .remote import Agent
+from ..transports.base import Process
+from .remote import RC_RESOURCE, Agent, failure
 from .source import Blob, BundleSource
 
 _ATTEMPTS = 3
@@ -85,12 +87,14 @@ async def _stream(
 ) -> None:
     """All missing bytes through one agent process: a JSON header line, then the bytes, per blob."""
     proc = await agent.transport.start(agent.argv("receive", "--token", token))
+    left = sum(blobs[s].size - off for s, off in todo.items())
     try:
         for sha, offset in todo.items():
             blob = blobs[sha]
+            left -= blob.size - offset
             if offset >= blob.size and blob.size > 0:
                 continue  # fully staged by an earlier run; commit verifies it
-            header = {"sha": sha, "offset": offset, "size": blob.size - offset}
+            header = {"sha": sha, "offset": offset, "size": blob.size - offset, "after": left}
             await proc.write(json.dumps(header).encode() + b"\n")
             with open(blob.path, "rb") as f:
                 f.seek(offset)
@@ -99,16 +103,38 @@ async def _stream(
                     sent(len(chunk))
             stats.files_sent += 1
         out = await proc.finish(timeout=600)
+    except DeviceError as exc:
+        # the device may have stopped reading because it failed (a full disk): its answer says why
+        answer = await _last_answer(proc)
+        await proc.close()
+        if answer.get("resource"):
+            raise failure(agent.transport.name, RC_RESOURCE, answer) from None
+        raise exc from None
     except BaseException:
         await proc.close()
         raise
     lines = out.decode(errors="replace").strip().splitlines()
     answer = json.loads(lines[-1]) if lines else {}
+    if answer.get("resource"):
+        raise failure(agent.transport.name, RC_RESOURCE, answer)
     if not answer.get("ok"):
         raise DeviceError(
             f"{agent.transport.name}: receiving failed: {answer.get('error', 'no answer')}",
             hints=["rerun: the transfer resumes from what arrived"],
         )
+
+
+async def _last_answer(proc: Process) -> dict[str, Any]:
+    try:
+        out = await proc.finish(timeout=5)
+    except DeviceError:
+        return {}
+    lines = out.decode(errors="replace").strip().splitlines()
+    try:
+        answer = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
 
 
 async def resend(

@@ -271,7 +271,15 @@ class _SshProcess:
         self._proc = proc
 
     async def readline(self, timeout: float) -> bytes:
-        line: bytes = await asyncio.wait_for(self._proc.stdout.readline(), timeout)
+        import asyncssh
+
+        try:
+            line: bytes = await asyncio.wait_for(self._proc.stdout.readline(), timeout)
+        except (OSError, asyncssh.Error) as exc:  # a cut link, like write() and finish() below
+            raise DeviceError(
+                f"lost the connection while waiting for the device: {exc or type(exc).__name__}",
+                hints=["check the network link and rerun"],
+            ) from None
         return line
 
     async def write(self, data: bytes) -> None:

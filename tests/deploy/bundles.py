@@ -24,6 +24,8 @@ RUNTIME_MAIN = """
 import http.server, json, os, sys, time
 cfg_path = sys.argv[sys.argv.index("--config") + 1]
 cfg = json.load(open(cfg_path))
+if cfg.get("behaviour") == "oom":
+    bytearray(1 << 62)  # a real failed allocation: MemoryError
 if cfg.get("behaviour") == "crash":
     print("fake runtime: crashing on purpose", flush=True)
     sys.exit(3)

@@ -89,3 +89,14 @@ def device_python() -> Iterator[str]:
         pytest.skip(f"the device user cannot import the runtime's dependencies: {probe.stderr[-300:]}")
     yield py
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The long soak is its own tier: it runs only when asked for with -m soak."""
+    if "soak" in (config.option.markexpr or ""):
+        return
+    why = "the >=100-trial soak runs with: scripts/test -m soak tests/deploy/test_soak.py"
+    skip = pytest.mark.skip(reason=why)
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)

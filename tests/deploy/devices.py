@@ -49,7 +49,9 @@ def make_client_key(folder: Path) -> tuple[Path, str]:
     return key, (folder / "id_ed25519.pub").read_text()
 
 
-def write_sshd_config(tmp: Path, port: int, listen: str, authorized: Path) -> Path:
+def write_sshd_config(
+    tmp: Path, port: int, listen: str, authorized: Path, fault_file: Path | None = None
+) -> Path:
     host_key = tmp / "host_ed25519"
     if not host_key.exists():
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
@@ -73,6 +75,8 @@ def write_sshd_config(tmp: Path, port: int, listen: str, authorized: Path) -> Pa
                 "MaxSessions 64",
                 "MaxStartups 64",
                 "LogLevel ERROR",
+                # tests only: the agent SIGKILLs itself at the points this file names (agent.fault_point)
+                *([f"SetEnv LLMOS_AGENT_FAULT_FILE={fault_file}"] if fault_file else []),
                 "",
             ]
         )
@@ -163,6 +167,12 @@ class Device:
                     return None
                 time.sleep(0.1)
 
+    def faults(self, *points: str) -> None:
+        """Make the device's agent kill itself (SIGKILL) at these points; none clears them."""
+        path = self.home / "faults"
+        path.write_text(" ".join(points))
+        path.chmod(0o644)
+
     def stop_runtime(self) -> None:
         with contextlib.suppress(OSError, ValueError, KeyError):
             pid = int(json.loads(self.state("service.pid").read_text())["pid"])
@@ -184,7 +194,7 @@ def start_device(tmp: Path, identity: Path, authorized: Path, runtime_port: int 
     os.chown(home, user.pw_uid, user.pw_gid)
     os.chmod(home, 0o755)
     port = free_port()
-    cfg = write_sshd_config(tmp, port, "127.0.0.1", authorized)
+    cfg = write_sshd_config(tmp, port, "127.0.0.1", authorized, home / "faults")
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stderr=subprocess.DEVNULL)
     try:
         wait_banner("127.0.0.1", port)

@@ -92,7 +92,7 @@ def test_two_concurrent_deploys_one_wins_other_is_told(
     won, lost = asyncio.run(_two_deploys(device, b1, b2, signing_key[1]))
     assert getattr(won, "status", None) == "ok"
     assert isinstance(lost, AgentFailed) and lost.exit_code == 3
-    assert "is locked by" in lost.message and "since" in lost.message and "pid" in lost.message
+    assert "is locked by" in lost.message and "held for" in lost.message and "pid" in lost.message
     assert device.serving() == "1.0.0"
     # once the winner's session is over, the lock is free again
     assert run_deploy(device, b2, signing_key[1]).status == "ok"

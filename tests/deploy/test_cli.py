@@ -109,3 +109,25 @@ def test_fleet_cli_report(
         assert "a" in res.stdout and "refused" in res.stdout
     finally:
         dev2.stop()
+
+
+def test_kill_mid_activate_as_typed(
+    device: Device, bundle_for: BundleFactory, signing_key: tuple[Path, Path]
+) -> None:
+    """`deploy` killed after the switch, then the commands as typed: status says what it resolved
+    and shows committed = serving; the next plain deploy is up to date (committed and serving)."""
+    pub = str(signing_key[1])
+    assert cli(device, "deploy", str(bundle_for(device, "1.0.0")), "--key", pub).returncode == 0
+    b2 = str(bundle_for(device, "2.0.0", seed=2))
+    device.faults("switch")
+    cut = cli(device, "deploy", b2, "--key", pub)
+    assert cut.returncode == 3, cut.stderr
+    assert device.current() == "2.0.0" and device.serving() == "1.0.0"  # torn: status must not lie
+    device.faults()
+    st = cli(device, "status")
+    assert st.returncode == 0, st.stderr
+    assert "unfinished activation of 2.0.0 (interrupted at switch); it was finished" in st.stdout
+    assert "serving" in st.stdout and "WARNING" not in st.stdout
+    again = cli(device, "deploy", b2, "--key", pub)
+    assert again.returncode == 0 and "up-to-date" in again.stdout, again.stdout + again.stderr
+    assert device.serving() == "2.0.0"
