@@ -1,7 +1,8 @@
 """Tiny real models for tests and benches, built once through the real toolchains and cached.
 
-Each model dir is cached under cache_root()/test-models/<name>-<hash of this code and the toolchain
-lock>, so reruns are instant and a changed recipe for the fixture rebuilds it. The dirs are SHARED:
+Each model dir is cached under cache_root()/test-models/<name>-<hash of this file, its toolchain's lock
+and that toolchain's exporter code>, so reruns are instant, a changed exporter or fixture recipe
+rebuilds it, and a change to another toolchain's code does not. The dirs are SHARED:
 copy one (shutil.copytree) before modifying it in a test.
 """
 
@@ -50,25 +51,32 @@ TINY_BERT = {
     "intermediate_size": 64,
     "max_position_embeddings": 128,
 }
-_CODE_FILES = [
-    Path(__file__),
-    WORKERS_DIR / "genai_worker.py",
-    WORKERS_DIR / "optimum_worker.py",
-    Path(manager.__file__).parent.parent / "stages" / "export.py",
-    Path(manager.__file__).parent.parent / "stages" / "quantize.py",
-    Path(manager.__file__).parent.parent / "stages" / "model_dir.py",
-]
+_STAGES = Path(manager.__file__).parent.parent / "stages"
+# What each toolchain's fixtures are made by. A fixture is keyed on its own toolchain's lock and code
+# only, so an edit to another exporter (or anywhere else) keeps it cached; this file is the fixtures'
+# recipe and counts for all of them.
+_CODE_FILES = {
+    "onnx-genai": [WORKERS_DIR / "genai_worker.py", _STAGES / "export.py", _STAGES / "model_dir.py"],
+    "onnx-optimum": [WORKERS_DIR / "optimum_worker.py", _STAGES / "export.py", _STAGES / "quantize.py",
+                     _STAGES / "model_dir.py"],
+    "tflite": [WORKERS_DIR / "tflite_export.py", WORKERS_DIR / "tflite_common.py", _STAGES / "tflite.py",
+               _STAGES / "model_dir.py"],
+}
 
 
 def _fixture_hash(toolchain: str) -> str:
     h = hashlib.sha256(manager.resolve(toolchain).lock_hash.encode())
-    for f in _CODE_FILES:
-        h.update(f.read_bytes())
+    for f in [Path(__file__), WORKERS_DIR / "_contract.py", *_CODE_FILES[toolchain]]:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:12]
 
 
-def _cached(name: str, toolchain: str, build: Callable[[Path], None]) -> Path:
-    """Build into a temp dir and publish atomically; concurrent test sessions wait on a file lock."""
+def cached_export(name: str, toolchain: str, build: Callable[[Path], None]) -> Path:
+    """Build into a temp dir and publish atomically; concurrent test sessions wait on a file lock.
+
+    The folder is cache_root()/test-models/<name>-<_fixture_hash(toolchain)>; `build` must write
+    llmos_model.json (the completion marker).
+    """
     final = cache_root() / "test-models" / f"{name}-{_fixture_hash(toolchain)}"
     if (final / "llmos_model.json").is_file():
         return final
@@ -174,9 +182,9 @@ def tiny_llama_hf_dir() -> Path:
 
     def build(tmp: Path) -> None:
         make_tiny_llama_hf(tmp)
-        (tmp / "llmos_model.json").write_text("{}")  # completion marker for _cached
+        (tmp / "llmos_model.json").write_text("{}")  # completion marker for cached_export
 
-    return _cached("tiny-llama-hf", "onnx-genai", build)
+    return cached_export("tiny-llama-hf", "onnx-genai", build)
 
 
 def tiny_decoder_dir(quant: str = "int4") -> Path:
@@ -195,7 +203,7 @@ def tiny_decoder_dir(quant: str = "int4") -> Path:
             context_length=2048,
         )
 
-    return _cached(f"tiny-decoder-{quant}", "onnx-genai", build)
+    return cached_export(f"tiny-decoder-{quant}", "onnx-genai", build)
 
 
 def tiny_bert_hf_dir() -> Path:
@@ -203,7 +211,7 @@ def tiny_bert_hf_dir() -> Path:
         make_tiny_bert_hf(tmp)
         (tmp / "llmos_model.json").write_text("{}")
 
-    return _cached("tiny-bert-hf", "onnx-optimum", build)
+    return cached_export("tiny-bert-hf", "onnx-optimum", build)
 
 
 def tiny_encoder_dir(quant: str = "fp32") -> Path:
@@ -220,7 +228,7 @@ def tiny_encoder_dir(quant: str = "fp32") -> Path:
         else:
             quantize_encoder(tc, tiny_encoder_dir("fp32"), tmp, quant=quant)
 
-    return _cached(f"tiny-encoder-{quant}", "onnx-optimum", build)
+    return cached_export(f"tiny-encoder-{quant}", "onnx-optimum", build)
 
 
 def smollm2_int4_dir() -> Path:

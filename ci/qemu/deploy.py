@@ -37,15 +37,10 @@ class Outcome:
     report: dict[str, Any] | None = None
 
 
-def device_root(dev: HilDevice) -> str:
-    """Deploy where the target says (install.root): the bundle's runtime config points its state there."""
-    from llmos_edge.spec import load_target
-
-    return load_target(dev.target).install.root
-
-
 def ssh_args(dev: HilDevice) -> list[str]:
-    args = ["--device", dev.address, "--root", device_root(dev)]
+    """Default flags, as a user types them: no --root (deploy takes the bundle's install root, the
+    device commands find it)."""
+    args = ["--device", dev.address]
     if dev.identity:
         args += ["--identity", str(dev.identity)]
     if dev.known_hosts:
@@ -99,7 +94,7 @@ def deploy(dev: HilDevice, bundle: Path, pubkey: Path, *, smoke_timeout: float =
 
     try:
         src = load_bundle(bundle, pubkey, allow_unsigned=False)
-        opts = DeployOptions(root=device_root(dev), smoke_timeout=smoke_timeout,
+        opts = DeployOptions(smoke_timeout=smoke_timeout,
                              smoke_latency_scale=latency_scale(dev),
                              preflight=PreflightOptions(expected_target=target or dev.target))
         rep = asyncio.run(deploy_to(dev.address, src, opts, ssh_options(dev), clock))

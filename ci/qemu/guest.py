@@ -34,10 +34,12 @@ class QemuGuest:
     """One running guest; `with QemuGuest(image, workdir) as g:` boots it and always stops it."""
 
     def __init__(self, image: GuestImage, workdir: Path, *, memory_mb: int = 5120, cpus: int = 2,
-                 init: str = "systemd") -> None:
+                 init: str = "systemd", persistent: bool = False) -> None:
         """init: "systemd" (the real device boot) or "fast" (a minimal PID 1: sshd in seconds).
 
         memory_mb: 5 GiB so an rpi5 bundle's 4 GiB model budget passes preflight (pages are lazy).
+        persistent: write to a qcow2 overlay of the cached disk in workdir (kept across reboot() and
+        stop()/start(), like a device's own disk) instead of snapshot=on (every boot starts clean).
         """
         if init not in ("systemd", "fast"):
             raise ValueError(f"init must be 'systemd' or 'fast', not {init!r}")
@@ -51,6 +53,7 @@ class QemuGuest:
         self.user = image.user
         self.known_hosts = workdir / "known_hosts"
         self.boot_seconds = 0.0
+        self.persistent = persistent
 
     # -- lifecycle --------------------------------------------------------------------------------
     def command(self) -> list[str]:
@@ -60,7 +63,7 @@ class QemuGuest:
             "-m", str(self.memory_mb), "-display", "none", "-monitor", "none",
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
             "-append", self.kernel_args(), "-no-reboot",
-            "-drive", f"file={self.image.disk},if=none,id=d0,format=raw,snapshot=on",
+            "-drive", self._drive(),
             "-device", "virtio-blk-pci,drive=d0",
             "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
             "-device", "virtio-net-pci,netdev=n0,romfile=",
@@ -69,6 +72,22 @@ class QemuGuest:
             "-pidfile", str(w / "qemu.pid"), "-daemonize",
         ]
 
+    def _drive(self) -> str:
+        if not self.persistent:
+            return f"file={self.image.disk},if=none,id=d0,format=raw,snapshot=on"
+        return f"file={self.workdir / 'disk.qcow2'},if=none,id=d0,format=qcow2"
+
+    def _overlay(self) -> None:
+        """This guest's own writable disk: a qcow2 whose backing file is the cached (read-only) image."""
+        disk = self.workdir / "disk.qcow2"
+        if self.persistent and not disk.exists():
+            cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(self.image.disk),
+                   str(disk)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            if proc.returncode != 0:
+                raise DeviceError(f"qemu-img create failed: {proc.stderr[-800:]}",
+                                  hints=["apt-get install -y qemu-utils"])
+
     def kernel_args(self) -> str:
         args = "console=ttyAMA0 panic=-1 quiet"
         return args + (f" init={FAST_INIT}" if self.init == "fast" else "")
@@ -76,6 +95,7 @@ class QemuGuest:
     def start(self, timeout: float = 600) -> None:
         """Boot (snapshot=on: the cached disk is never written) and wait for a working ssh login."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._overlay()
         self.known_hosts.write_text(self.known_hosts_line())
         t0 = time.monotonic()
         self.port = free_port()
@@ -140,6 +160,21 @@ class QemuGuest:
         pid = self.pid()
         if pid is not None and self.alive():
             os.kill(pid, signal.SIGKILL)
+
+    def reboot(self, timeout: float = 1200) -> None:
+        """A real reboot from inside: `systemctl reboot` as root (units stop, disks sync); QEMU runs
+        with -no-reboot, so it exits at the reset and is started again on the same overlay disk."""
+        if not self.persistent:
+            raise ValueError("reboot() needs persistent=True: with snapshot=on the disk state is lost")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.ssh(["systemctl", "reboot"], user="root", check=False, timeout=60)
+        deadline = time.monotonic() + 600
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(1)
+        if self.alive():
+            raise DeviceError("the guest did not go down within 600 s of `systemctl reboot`",
+                              hints=[self._serial_tail()])
+        self.start(timeout)
 
     def _qmp(self, command: str) -> None:
         with socket.socket(socket.AF_UNIX) as s:

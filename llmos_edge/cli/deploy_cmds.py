@@ -37,7 +37,11 @@ def ssh_options(f: F) -> F:
 
     opts = [
         click.option("--device", "address", metavar="USER@HOST[:PORT]", help="The device (or 'local')."),
-        click.option("--root", default="~/llmos", show_default=True, help="Install folder on the device."),
+        click.option(
+            "--root",
+            help="Install folder on the device. deploy: default the bundle's install.root (its target); "
+            "status/logs/rollback/releases: default the first of /opt/llmos, ~/llmos holding an install.",
+        ),
         click.option("--identity", type=click.Path(path_type=Path), help="SSH private key (default: agent)."),
         click.option(
             "--known-hosts", type=click.Path(path_type=Path), help="known_hosts file to pin keys in."
@@ -79,6 +83,12 @@ def _need_device(address: str | None) -> str:
 @click.option("--retry-failed", is_flag=True, help="Push a version that already failed on the device.")
 @click.option("--reinstall", is_flag=True, help="Deploy even if this version is already active.")
 @click.option("--target", help="The device's target; refuse bundles for another.")
+@click.option(
+    "--service",
+    type=click.Choice(["systemd", "pidfile"]),
+    help="How the runtime is supervised (default: the target's install.service; systemd needs a root "
+    "login on a systemd device, pidfile a non-root login).",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would be sent and changed; change nothing.")
 @click.option("--smoke-timeout", type=float, default=120, show_default=True)
 @click.option(
@@ -97,7 +107,7 @@ def _need_device(address: str | None) -> str:
 def deploy_cmd(
     bundle: Path,
     address: str | None,
-    root: str,
+    root: str | None,
     ssh: Any,
     inventory: Path | None,
     pubkey: Path | None,
@@ -106,6 +116,7 @@ def deploy_cmd(
     retry_failed: bool,
     reinstall: bool,
     target: str | None,
+    service: str | None,
     dry_run: bool,
     smoke_timeout: float,
     smoke_latency_scale: float,
@@ -125,6 +136,7 @@ def deploy_cmd(
     src = load_bundle(bundle, pubkey, allow_unsigned=allow_unsigned)
     opts = DeployOptions(
         root=root,
+        service=service,
         remote_python=remote_python,
         device_python=device_python,
         allow_unsigned=allow_unsigned,
@@ -210,7 +222,7 @@ def _call(coro: Any) -> Any:
 @json_option
 def status_cmd(
     address: str | None,
-    root: str,
+    root: str | None,
     ssh: Any,
     as_json: bool,
 ) -> None:
@@ -249,7 +261,7 @@ def status_cmd(
 @click.option("--timeout", type=float, default=120, show_default=True)
 def rollback_cmd(
     address: str | None,
-    root: str,
+    root: str | None,
     ssh: Any,
     to: str | None,
     timeout: float,
@@ -270,7 +282,7 @@ def rollback_cmd(
 @json_option
 def logs_cmd(
     address: str | None,
-    root: str,
+    root: str | None,
     ssh: Any,
     lines: int,
     as_json: bool,
@@ -293,7 +305,7 @@ def logs_cmd(
 @json_option
 def releases_cmd(
     address: str | None,
-    root: str,
+    root: str | None,
     ssh: Any,
     keep: int | None,
     as_json: bool,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from ..transports.base import Transport
 from ..transports.ssh import SshOptions
 from .remote import Agent
 from .run import open_transport, owner_label
@@ -13,7 +14,7 @@ from .run import open_transport, owner_label
 async def run_agent(
     address: str,
     ssh: SshOptions | None,
-    root: str,
+    root: str | None,
     command: str,
     *args: str,
     locked: bool = False,
@@ -23,7 +24,7 @@ async def run_agent(
     """Run one agent command; with locked=True the device lock is held around it."""
     transport = await open_transport(address, ssh)
     try:
-        agent = Agent(transport, root, remote_python)
+        agent = Agent(transport, root or await find_root(transport, remote_python), remote_python)
         if not locked:
             return await agent.call(command, *args, timeout=timeout)
         token = uuid.uuid4().hex
@@ -36,23 +37,32 @@ async def run_agent(
         await transport.close()
 
 
-async def status(address: str, ssh: SshOptions | None, root: str) -> dict[str, Any]:
+async def find_root(transport: Transport, python: str) -> str:
+    """The first of install.DEVICE_ROOTS that holds an install on the device (deploy's default)."""
+    from .install import DEVICE_ROOTS, find_root_argv
+
+    res = await transport.exec(find_root_argv(python), timeout=120)
+    found = res.stdout.decode(errors="replace").strip()
+    return found if res.rc == 0 and found in DEVICE_ROOTS else DEVICE_ROOTS[0]
+
+
+async def status(address: str, ssh: SshOptions | None, root: str | None) -> dict[str, Any]:
     return await run_agent(address, ssh, root, "status")
 
 
 async def rollback(
-    address: str, ssh: SshOptions | None, root: str, to: str | None = None, timeout: float = 120
+    address: str, ssh: SshOptions | None, root: str | None, to: str | None = None, timeout: float = 120
 ) -> dict[str, Any]:
     args = ["--timeout", str(timeout), *(["--to", to] if to else [])]
     return await run_agent(address, ssh, root, "rollback", *args, locked=True, timeout=timeout * 3 + 60)
 
 
-async def logs(address: str, ssh: SshOptions | None, root: str, lines: int = 50) -> dict[str, Any]:
+async def logs(address: str, ssh: SshOptions | None, root: str | None, lines: int = 50) -> dict[str, Any]:
     return await run_agent(address, ssh, root, "logs", "--lines", str(lines))
 
 
 async def releases(
-    address: str, ssh: SshOptions | None, root: str, keep: int | None = None
+    address: str, ssh: SshOptions | None, root: str | None, keep: int | None = None
 ) -> dict[str, Any]:
     if keep is None:
         return await run_agent(address, ssh, root, "releases")

@@ -16,7 +16,7 @@ from .run import DeployOptions, DeployReport, Events, deploy_to, failure_report
 from .source import BundleSource
 
 _SUCCESS = ("ok", "up-to-date", "dry-run")
-_KNOWN_VARS = {"root", "python", "remote_python", "jump", "identity", "smoke_timeout"}
+_KNOWN_VARS = {"root", "service", "python", "remote_python", "jump", "identity", "smoke_timeout"}
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,8 @@ def device_options(
     v = dev.vars
     opts = dataclasses.replace(
         base,
-        root=str(v.get("root", base.root)),
+        root=str(v["root"]) if "root" in v else base.root,
+        service=str(v["service"]) if "service" in v else base.service,
         device_python=v.get("python", base.device_python),
         remote_python=str(v.get("remote_python", base.remote_python)),
         smoke_timeout=float(v.get("smoke_timeout", base.smoke_timeout)),

@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import CheckFailed, LlmosError
 from ..transports.base import Transport
 from ..transports.ssh import SshOptions
-from . import transfer
+from . import install, transfer
 from .preflight import AlreadyActive, PreflightOptions, check_resources, check_version, preflight
 from .remote import RC_SMOKE, RC_VERIFY, Agent, AgentFailed
 from .source import BundleSource
@@ -21,7 +21,8 @@ from .source import BundleSource
 
 @dataclass(frozen=True)
 class DeployOptions:
-    root: str = "~/llmos"
+    root: str | None = None  # None: the bundle's install root (deploy/install.py)
+    service: str | None = None  # systemd | pidfile; None: the bundle's target says
     remote_python: str = "python3"  # runs the agent
     device_python: str | None = None  # runs the runtime when the bundle has no wheels
     preflight: PreflightOptions = field(default_factory=PreflightOptions)
@@ -75,12 +76,15 @@ async def deploy(
     """Raise LlmosError on refusal or failure (the device keeps its last good release)."""
     ev = events or Events()
     t0 = time.monotonic()
-    agent = Agent(transport, opts.root, opts.remote_python)
+    inst = install.resolve(bundle, opts.root, opts.service)
+    agent = Agent(transport, inst.root, opts.remote_python)
     ev.phase("preflight")
+    await _check_writable(transport, opts, inst)  # before the agent touches the root at all
     probe = await agent.call("probe")  # it first finishes or reverts an activation a kill interrupted
     resolved = resolved_note(probe.get("resolved"))
     try:
-        notes = [*resolved, *preflight(probe, bundle, opts.preflight)]
+        notes = install.check_install(probe, inst)
+        notes = [*resolved, *notes, *preflight(probe, bundle, opts.preflight)]
     except AlreadyActive as exc:
         return DeployReport(
             transport.name,
@@ -125,6 +129,12 @@ async def deploy(
     _fill(report, plan.stats)
     report.seconds = time.monotonic() - t0
     return report
+
+
+async def _check_writable(transport: Transport, opts: DeployOptions, inst: install.InstallSettings) -> None:
+    res = await transport.exec(install.writable_argv(opts.remote_python, inst.root), timeout=120)
+    answer = res.stdout.decode(errors="replace") if res.rc == 0 else "0"
+    install.check_writable(transport.name, inst, answer)
 
 
 def resolved_note(resolved: Any) -> list[str]:

@@ -1,7 +1,7 @@
 """Slow: the real tflite toolchain (litert-torch + ai-edge-quantizer) and the real SmolLM2 / MiniLM.
 
 The SmolLM2 export (~8-15 min, 3.4 GB RSS) and the MiniLM export run once and are cached under
-cache_root()/test-models/; later runs reuse them.
+cache_root()/test-models/, keyed on the tflite toolchain's lock and exporter code; later runs reuse them.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 
 from llmos_edge.errors import UserError
-from llmos_edge.fsutil import atomic_dir
-from llmos_edge.paths import cache_root
 from llmos_edge.spec.loader import load_recipe, load_target
 from llmos_edge.stages import tflite
 from llmos_edge.stages.source import resolve_source
@@ -57,11 +55,10 @@ def test_missing_source_is_a_clear_error(tflite_tc: Any, tmp_path: Path) -> None
 
 
 def _cached(name: str, build: Any) -> Path:
-    out = cache_root() / "test-models" / name
-    if not (out / "llmos_model.json").is_file():
-        with atomic_dir(out) as tmp:
-            build(tmp)
-    return out
+    """Keyed on the tflite toolchain's lock and exporter code (a stale export is never reused)."""
+    import fixtures_models
+
+    return fixtures_models.cached_export(name, "tflite", build)
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +69,7 @@ def smol_gguf() -> Path:
 @pytest.fixture(scope="session")
 def smol_tflite(tflite_tc: Any, smol_gguf: Path) -> Path:
     return _cached(
-        "smollm2-tflite-int8-v1",
+        "smollm2-tflite-int8",
         lambda d: tflite.export_decoder(
             tflite_tc,
             smol_gguf,
@@ -112,7 +109,7 @@ def minilm_hf() -> Path:
 @pytest.fixture(scope="session")
 def minilm_tflite(tflite_tc: Any, minilm_hf: Path) -> Path:
     return _cached(
-        "minilm-tflite-int8-v1",
+        "minilm-tflite-int8",
         lambda d: tflite.export_encoder(
             tflite_tc, minilm_hf, d, name="all-minilm-l6-v2", quant="int8", seq_len=128
         ),
