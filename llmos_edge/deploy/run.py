@@ -10,12 +10,13 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..device.protocol import RC_SMOKE, RC_VERIFY
 from ..errors import CheckFailed, LlmosError
 from ..transports.base import Transport
 from ..transports.ssh import SshOptions
 from . import install, transfer
 from .preflight import AlreadyActive, PreflightOptions, check_resources, check_version, preflight
-from .remote import RC_SMOKE, RC_VERIFY, Agent, AgentFailed
+from .remote import Agent, AgentFailed
 from .source import BundleSource
 
 

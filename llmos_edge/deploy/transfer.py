@@ -7,9 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..device.protocol import RC_RESOURCE
 from ..errors import DeviceError
 from ..transports.base import Process
-from .remote import RC_RESOURCE, Agent, failure
+from .remote import Agent, failure
 from .source import Blob, BundleSource
 
 _ATTEMPTS = 3
