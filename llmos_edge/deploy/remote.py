@@ -9,6 +9,7 @@ import zlib
 from typing import Any
 
 from ..device import pack
+from ..device import protocol as P
 from ..device.protocol import COMMANDS, RC_LOCKED
 from ..errors import DeviceError
 from ..transports.base import Process, Transport
@@ -62,7 +63,7 @@ class Agent:
         Device-side work that outlived an earlier session (an orphaned activate) is waited for, up
         to `wait` seconds, so the next deploy converges instead of being turned away.
         """
-        argv = self.argv("hold", "--token", token, "--owner", owner, "--ttl", str(ttl), "--wait", str(wait))
+        argv = self.argv(P.HOLD, "--token", token, "--owner", owner, "--ttl", str(ttl), "--wait", str(wait))
         proc = await self.transport.start(argv)
         try:
             line = await proc.readline(60 + wait)

@@ -18,20 +18,20 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _SKIP = {"__init__", "pack"}  # the host-side packer itself never travels
 
 _RUNTIME = '''
-import importlib.abc
-import importlib.util
+import importlib
 import sys
+from importlib.machinery import ModuleSpec
 
 
-class _Packed(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Imports the modules above as the package PACKAGE; nothing else."""
+class _Packed:
+    """A meta-path finder and loader: the modules above, as the package PACKAGE; nothing else."""
 
     def find_spec(self, name, path=None, target=None):
         if name == PACKAGE:
-            return importlib.util.spec_from_loader(name, self, is_package=True)
+            return ModuleSpec(name, self, is_package=True)
         head, _, mod = name.rpartition(".")
         if head == PACKAGE and mod in SOURCES:
-            return importlib.util.spec_from_loader(name, self)
+            return ModuleSpec(name, self)
         return None
 
     def create_module(self, spec):
