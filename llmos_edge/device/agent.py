@@ -92,7 +92,12 @@ def _releases(lay: Layout) -> list[dict]:
 
 
 def cmd_status(lay: Layout, args: argparse.Namespace) -> dict:
-    """`current` is the committed release; `serving` what actually answers; any gap is spelled out."""
+    """`current` is the committed release; `serving` what actually answers; any gap is spelled out.
+
+    `busy` is the work lock as held at the start or at the end: a worker that commits while status
+    looks (the fields are read one by one) makes this answer "in progress", never a settled gap.
+    """
+    busy = _lock_info(lay, "work.lock")
     resolved = settle(lay)
     cur, now = committed(lay), serving(lay)
     rec = pending(lay)
@@ -116,7 +121,7 @@ def cmd_status(lay: Layout, args: argparse.Namespace) -> dict:
         "listening": now is not None and now == cur,
         "failed": read_json(lay.st("failed.json"), {}),
         "lock": _lock_info(lay),
-        "busy": _lock_info(lay, "work.lock"),
+        "busy": _lock_info(lay, "work.lock") or busy,
         "releases": [r["version"] for r in _releases(lay)],
         "hostname": socket.gethostname(),
     }
