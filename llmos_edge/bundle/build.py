@@ -111,11 +111,15 @@ def _copy_runtime(dest: Path) -> None:
 
 
 def _copy_agent(dest: Path) -> None:
-    """The SSH deploy agent, and beside it the OTA updater (Mender module, RAUC hook) that drives it."""
-    for src, name in ((_PKG / "deploy" / "agent.py", dest.name), (_PKG / "ota" / "mender_module.py",
-                                                                  "llmos-mender-module")):
-        if src.is_file():
-            _write(dest.with_name(name), src.read_bytes(), executable=True)
+    """The SSH deploy agent, and beside it the OTA updater (Mender module, RAUC hook) that drives it.
+
+    Both are packed from llmos_edge/device (deterministic bytes; the manifest lists their sha256).
+    """
+    from ..device import pack
+    from ..device.protocol import UPDATER_FILE
+
+    _write(dest, pack.agent_script(), executable=True)
+    _write(dest.with_name(Path(UPDATER_FILE).name), pack.updater_script(), executable=True)
 
 
 def _runtime_config(spec: BundleSpec, model_meta: dict[str, dict[str, Any]]) -> dict[str, Any]:

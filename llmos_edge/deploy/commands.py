@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from ..device import protocol as P
 from ..transports.base import Transport
 from ..transports.ssh import SshOptions
 from .remote import Agent
@@ -47,23 +48,23 @@ async def find_root(transport: Transport, python: str) -> str:
 
 
 async def status(address: str, ssh: SshOptions | None, root: str | None) -> dict[str, Any]:
-    return await run_agent(address, ssh, root, "status")
+    return await run_agent(address, ssh, root, P.STATUS)
 
 
 async def rollback(
     address: str, ssh: SshOptions | None, root: str | None, to: str | None = None, timeout: float = 120
 ) -> dict[str, Any]:
     args = ["--timeout", str(timeout), *(["--to", to] if to else [])]
-    return await run_agent(address, ssh, root, "rollback", *args, locked=True, timeout=timeout * 3 + 60)
+    return await run_agent(address, ssh, root, P.ROLLBACK, *args, locked=True, timeout=timeout * 3 + 60)
 
 
 async def logs(address: str, ssh: SshOptions | None, root: str | None, lines: int = 50) -> dict[str, Any]:
-    return await run_agent(address, ssh, root, "logs", "--lines", str(lines))
+    return await run_agent(address, ssh, root, P.LOGS, "--lines", str(lines))
 
 
 async def releases(
     address: str, ssh: SshOptions | None, root: str | None, keep: int | None = None
 ) -> dict[str, Any]:
     if keep is None:
-        return await run_agent(address, ssh, root, "releases")
-    return await run_agent(address, ssh, root, "releases", "--keep", str(keep), locked=True)
+        return await run_agent(address, ssh, root, P.RELEASES)
+    return await run_agent(address, ssh, root, P.RELEASES, "--keep", str(keep), locked=True)

@@ -6,14 +6,13 @@ import base64
 import functools
 import json
 import zlib
-from pathlib import Path
 from typing import Any
 
+from ..device import pack
+from ..device import protocol as P
+from ..device.protocol import COMMANDS, RC_LOCKED
 from ..errors import DeviceError
 from ..transports.base import Process, Transport
-
-AGENT_PATH = Path(__file__).with_name("agent.py")
-RC_SMOKE, RC_LOCKED, RC_VERIFY, RC_REFUSED, RC_RESOURCE = 4, 10, 12, 13, 14
 
 
 class AgentFailed(DeviceError):
@@ -29,8 +28,8 @@ class AgentFailed(DeviceError):
 
 @functools.cache
 def bootstrap() -> str:
-    """A python -c program that runs the agent's source, compressed into the argument."""
-    packed = base64.b64encode(zlib.compress(AGENT_PATH.read_bytes(), 9)).decode()
+    """A python -c program: the packed agent (bin/llmos-agent's bytes), compressed into the argument."""
+    packed = base64.b64encode(zlib.compress(pack.agent_script(), 9)).decode()
     return (
         f"import base64,sys,zlib;sys.argv[0]='llmos-agent';"
         f"exec(compile(zlib.decompress(base64.b64decode('{packed}')),'llmos-agent','exec'))"
@@ -44,6 +43,8 @@ class Agent:
         self.python = python
 
     def argv(self, command: str, *options: str) -> list[str]:
+        if command not in COMMANDS:
+            raise ValueError(f"not an agent command: {command!r}")  # a bug on the host side
         return [self.python, "-c", bootstrap(), command, "--root", self.root, *options]
 
     async def call(
@@ -62,7 +63,7 @@ class Agent:
         Device-side work that outlived an earlier session (an orphaned activate) is waited for, up
         to `wait` seconds, so the next deploy converges instead of being turned away.
         """
-        argv = self.argv("hold", "--token", token, "--owner", owner, "--ttl", str(ttl), "--wait", str(wait))
+        argv = self.argv(P.HOLD, "--token", token, "--owner", owner, "--ttl", str(ttl), "--wait", str(wait))
         proc = await self.transport.start(argv)
         try:
             line = await proc.readline(60 + wait)

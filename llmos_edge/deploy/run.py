@@ -10,12 +10,14 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..device import protocol as P
+from ..device.protocol import RC_SMOKE, RC_VERIFY
 from ..errors import CheckFailed, LlmosError
 from ..transports.base import Transport
 from ..transports.ssh import SshOptions
 from . import install, transfer
 from .preflight import AlreadyActive, PreflightOptions, check_resources, check_version, preflight
-from .remote import RC_SMOKE, RC_VERIFY, Agent, AgentFailed
+from .remote import Agent, AgentFailed
 from .source import BundleSource
 
 
@@ -80,7 +82,7 @@ async def deploy(
     agent = Agent(transport, inst.root, opts.remote_python)
     ev.phase("preflight")
     await _check_writable(transport, opts, inst)  # before the agent touches the root at all
-    probe = await agent.call("probe")  # it first finishes or reverts an activation a kill interrupted
+    probe = await agent.call(P.PROBE)  # it first finishes or reverts an activation a kill interrupted
     resolved = resolved_note(probe.get("resolved"))
     try:
         notes = install.check_install(probe, inst)
@@ -110,7 +112,7 @@ async def deploy(
     holder = await agent.hold(token, owner_label(), opts.lock_ttl)
     try:
         # another deploy (or the orphaned worker `hold` waited for) may have finished in the meantime
-        recheck = await agent.call("probe")
+        recheck = await agent.call(P.PROBE)
         notes += resolved_note(recheck.get("resolved"))
         if (recheck.get("current"), recheck.get("serving")) != (probe.get("current"), probe.get("serving")):
             try:
@@ -166,19 +168,19 @@ async def _install(
     ev.phase("install")
     data = {"manifest": bundle.manifest_text, "signature": bundle.signature, "audit": {"notes": notes}}
     try:
-        await agent.call("install", "--token", token, "--version", bundle.version, data=data)
+        await agent.call(P.INSTALL, "--token", token, "--version", bundle.version, data=data)
     except AgentFailed as exc:
         if exc.rc != RC_VERIFY:
             raise
         await transfer.resend(
             agent, bundle, list(exc.payload.get("missing", [])), token, root, plan.stats, ev.advance
         )
-        await agent.call("install", "--token", token, "--version", bundle.version, data=data)
-    await agent.call("clean-staging", "--token", token)
+        await agent.call(P.INSTALL, "--token", token, "--version", bundle.version, data=data)
+    await agent.call(P.CLEAN_STAGING, "--token", token)
     if any(rel.startswith("wheels/") and rel.endswith(".whl") for rel in bundle.files):
         ev.phase("venv")  # built (or reused) before the running release is stopped
         py = ["--python", opts.device_python] if opts.device_python else []
-        await agent.call("prepare", "--token", token, "--version", bundle.version, *py, timeout=1800)
+        await agent.call(P.PREPARE, "--token", token, "--version", bundle.version, *py, timeout=1800)
 
 
 async def _activate(
@@ -192,7 +194,7 @@ async def _activate(
     if opts.smoke_latency_scale != 1:
         argv += ["--latency-scale", repr(opts.smoke_latency_scale)]
     try:
-        return await agent.call("activate", *argv, timeout=opts.smoke_timeout * 3 + 60)
+        return await agent.call(P.ACTIVATE, *argv, timeout=opts.smoke_timeout * 3 + 60)
     except AgentFailed as exc:
         if exc.rc != RC_SMOKE:
             raise

@@ -7,9 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..device import protocol as P
+from ..device.protocol import RC_RESOURCE
 from ..errors import DeviceError
 from ..transports.base import Process
-from .remote import RC_RESOURCE, Agent, failure
+from .remote import Agent, failure
 from .source import Blob, BundleSource
 
 _ATTEMPTS = 3
@@ -36,7 +38,7 @@ class Plan:
 async def plan_transfer(agent: Agent, bundle: BundleSource) -> Plan:
     """Ask the device what it holds (read-only) and work out what must be sent."""
     blobs = bundle.blobs()
-    have = await agent.call("have", data={"files": {sha: b.size for sha, b in blobs.items()}})
+    have = await agent.call(P.HAVE, data={"files": {sha: b.size for sha, b in blobs.items()}})
     present = set(have["present"])
     partial: dict[str, int] = have["partial"]
     missing = {sha: int(partial.get(sha, 0)) for sha in blobs if sha not in present}
@@ -66,7 +68,7 @@ async def send(
         if not todo:
             return stats
         await _stream(agent, blobs, todo, token, stats, sent)
-        res = await agent.call("commit", "--token", token, data={"files": {s: blobs[s].size for s in todo}})
+        res = await agent.call(P.COMMIT, "--token", token, data={"files": {s: blobs[s].size for s in todo}})
         stats.resent += res["bad"]
         todo = {sha: 0 for sha in [*res["bad"], *res["missing"]]}
     if todo:
@@ -86,7 +88,7 @@ async def _stream(
     sent: Callable[[int], None],
 ) -> None:
     """All missing bytes through one agent process: a JSON header line, then the bytes, per blob."""
-    proc = await agent.transport.start(agent.argv("receive", "--token", token))
+    proc = await agent.transport.start(agent.argv(P.RECEIVE, "--token", token))
     left = sum(blobs[s].size - off for s, off in todo.items())
     try:
         for sha, offset in todo.items():

@@ -8,15 +8,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..device import pack
+from ..device.protocol import RAUC_META  # read by the hook from the mounted (signed) bundle
 from ..errors import UserError
 from .payload import bundle_payload, require_tool, run_tool
 
 RAUC_SLOT_CLASS = "llmos"  # the device's system.conf names a slot of this class for the app store
-RAUC_HOOK = "llmos-hook"  # mender_module.py: its `slot-install` front end installs through the agent
-RAUC_META = "llmos-ota.json"  # read by the hook from the mounted (signature-covered) bundle
+RAUC_HOOK = "llmos-hook"  # device/updater.py, packed: its `slot-install` front end installs through the agent
 RAUC_FORMATS = ("verity", "plain")  # plain: for kernels without dm-verity (RAUC 1.8 still installs it)
 _COMPATIBLE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+ -]*$")
-_HOOK_SRC = Path(__file__).with_name("mender_module.py")
 
 
 def export_rauc(bundle_dir: Path, out: Path, compatible: str, cert: Path, key: Path, *,
@@ -41,7 +41,7 @@ def export_rauc(bundle_dir: Path, out: Path, compatible: str, cert: Path, key: P
         content.mkdir()
         shutil.copyfile(p.image, content / p.image.name)
         # The hook (stdlib python3) runs from the mounted bundle; the manifest hash it checks is signed.
-        shutil.copyfile(_HOOK_SRC, content / RAUC_HOOK)
+        (content / RAUC_HOOK).write_bytes(pack.updater_script())
         (content / RAUC_HOOK).chmod(0o755)
         (content / RAUC_META).write_text(json.dumps({"manifest_sha256": p.manifest_sha256}) + "\n")
         (content / "manifest.raucm").write_text(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -12,11 +13,10 @@ from pathlib import Path
 import pytest
 
 from llmos_edge.bundle import BundleResult
+from llmos_edge.device import pack
 from llmos_edge.errors import UserError
 from llmos_edge.runtime.config import load_config
 from llmos_edge.spec import load_target
-
-AGENT = Path(__file__).resolve().parents[2] / "llmos_edge" / "deploy" / "agent.py"
 
 
 def test_two_builds_give_identical_images(build: Callable[..., BundleResult]) -> None:
@@ -90,13 +90,15 @@ def test_layout_and_manifest(build: Callable[..., BundleResult]) -> None:
     assert (f / "manifest.json").read_text() == json.dumps(m, indent=2, sort_keys=True) + "\n"
 
 
-@pytest.mark.skipif(not AGENT.is_file(),
-                    reason="TODO: llmos_edge/deploy/agent.py (deploy engineer's) is not in this tree yet")
 def test_agent_is_shipped(build: Callable[..., BundleResult]) -> None:
+    """bin/llmos-agent and bin/llmos-mender-module are the packer's bytes, and the manifest hashes them."""
     res = build()
-    shipped = res.folder / "bin" / "llmos-agent"
-    assert shipped.read_bytes() == AGENT.read_bytes()
-    assert os.access(shipped, os.X_OK)
+    for rel, packed in (("bin/llmos-agent", pack.agent_script()),
+                        ("bin/llmos-mender-module", pack.updater_script())):
+        shipped = res.folder / rel
+        assert shipped.read_bytes() == packed
+        assert res.manifest["files"][rel]["sha256"] == hashlib.sha256(packed).hexdigest()
+        assert os.access(shipped, os.X_OK)
 
 
 def test_runtime_config_loads_with_the_runtime(build: Callable[..., BundleResult]) -> None:

@@ -10,15 +10,13 @@ import hashlib
 import json
 import platform
 import random
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from llmos_edge.bundle import manifest as mf
 from llmos_edge.bundle.keys import sign
-
-AGENT = Path(__file__).resolve().parents[2] / "llmos_edge" / "deploy" / "agent.py"
+from llmos_edge.device import pack
 
 RUNTIME_MAIN = """
 import http.server, json, os, sys, time
@@ -88,7 +86,7 @@ def write_files(
     (folder / "smoke").mkdir()
     (folder / "smoke" / "smoke.py").write_text(SMOKE)
     (folder / "bin").mkdir()
-    shutil.copyfile(AGENT, folder / "bin" / "llmos-agent")
+    (folder / "bin" / "llmos-agent").write_bytes(pack.agent_script())
     for rel, data in (extra_files or {}).items():
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_bytes(data)

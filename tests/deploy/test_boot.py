@@ -18,7 +18,9 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from llmos_edge.deploy import agent as agent_mod
+from llmos_edge.device import agent as agent_mod
+from llmos_edge.device import base, lock, pack
+from llmos_edge.device.protocol import RC_LOCKED
 
 from .conftest import BundleFactory
 from .devices import DEV_USER, Device
@@ -158,8 +160,10 @@ def test_boot_snippet_installs_cron_line_idempotently(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- locks: liveness, the boot clock
 def _holder(root: Path, ttl: float, owner: str = "first") -> subprocess.Popen[bytes]:
     """A real `hold` process that took the session lock."""
+    script = root.with_name(f"{root.name}-llmos-agent-{owner}")
+    script.write_bytes(pack.agent_script())  # the packed file a device runs
     proc = subprocess.Popen(
-        [sys.executable, agent_mod.__file__, "hold", "--root", str(root), "--token", owner, "--owner", owner,
+        [sys.executable, str(script), "hold", "--root", str(root), "--token", owner, "--owner", owner,
          "--ttl", str(ttl)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -182,9 +186,9 @@ def test_clock_step_does_not_expire_a_live_lock(
     first = _holder(tmp_path, ttl=30)
     try:
         real = time.time
-        monkeypatch.setattr(agent_mod.time, "time", lambda: real() + 50 * 365 * 86400)
+        monkeypatch.setattr(lock.time, "time", lambda: real() + 50 * 365 * 86400)
         rc, out = _second_hold(tmp_path, capsys)
-        assert rc == agent_mod.RC_LOCKED and out["holder"] == "first"
+        assert rc == RC_LOCKED and out["holder"] == "first"
         assert isinstance(out["held_for"], float) and 0 <= out["held_for"] < 30
         assert first.poll() is None
     finally:
@@ -198,8 +202,8 @@ def test_dead_holder_frees_lock_at_once(tmp_path: Path, capsys: pytest.CaptureFi
     first.kill()
     first.wait()
     record = json.loads((tmp_path / "state" / "lock").read_text())
-    assert record["pid"] == first.pid and record["boot_id"] == agent_mod.boot_id()
-    assert agent_mod._lock_info(agent_mod.Layout(str(tmp_path))) is None  # a record with no live holder
+    assert record["pid"] == first.pid and record["boot_id"] == base.boot_id()
+    assert lock._lock_info(base.Layout(str(tmp_path))) is None  # a record with no live holder
     proc = _holder(tmp_path, 3600, "second")
     proc.kill()
     proc.wait()

@@ -50,10 +50,15 @@ def test_root_flag_overrides_in_pidfile_mode(
 ) -> None:
     alt = str(device.home / "alt")
     b = bundle_for(device, "1.0.0", extra_files=unit(device.root))
-    ok = cli(device, "deploy", str(b), "--key", str(signing_key[1]), "--root", alt)
-    assert ok.returncode == 0, ok.stderr
-    assert os.readlink(Path(alt) / "current").endswith("1.0.0") and not Path(device.root).exists()
-    assert device.serving() == "1.0.0"
+    try:
+        ok = cli(device, "deploy", str(b), "--key", str(signing_key[1]), "--root", alt)
+        assert ok.returncode == 0, ok.stderr
+        assert os.readlink(Path(alt) / "current").endswith("1.0.0") and not Path(device.root).exists()
+        assert device.serving() == "1.0.0"
+    finally:  # the device fixture stops the runtime of device.root only; this one would outlive the test
+        from llmos_edge.device import base, service
+
+        service.service_stop(base.Layout(alt))
 
 
 def test_unwritable_target_root_is_refused_at_preflight(

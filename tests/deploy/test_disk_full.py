@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from llmos_edge.deploy.remote import RC_RESOURCE, AgentFailed
+from llmos_edge.deploy.remote import AgentFailed
 from llmos_edge.deploy.run import Events
+from llmos_edge.device.protocol import RC_RESOURCE
 
 from .conftest import BundleFactory
 from .devices import Device, ensure_user

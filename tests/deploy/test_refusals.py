@@ -143,14 +143,14 @@ def test_manifest_path_escape_refused_by_agent(installed: Device) -> None:
     """Even a manifest that got past the host is refused by the device agent (defence in depth)."""
     import json
 
-    from llmos_edge.deploy import agent
+    from llmos_edge.device import agent, base, store
 
-    lay = agent.Layout(installed.root)
+    lay = base.Layout(installed.root)
     args = agent.parser().parse_args(["install", "--version", "6.6.6", "--token", "x"])
-    with pytest.raises(agent.AgentError):  # no lock held: refused before reading anything
-        agent.cmd_install(lay, args)
-    assert not agent.safe_relpath("../x") and not agent.safe_relpath("/etc/passwd")
-    assert not agent.safe_relpath("a/../../b") and agent.safe_relpath("models/m/x.onnx")
+    with pytest.raises(base.AgentError):  # no lock held: refused before reading anything
+        store.cmd_install(lay, args)
+    assert not base.safe_relpath("../x") and not base.safe_relpath("/etc/passwd")
+    assert not base.safe_relpath("a/../../b") and base.safe_relpath("models/m/x.onnx")
     assert json  # keep import used
 
 

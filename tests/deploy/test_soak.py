@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from llmos_edge.deploy.agent import PHASES
+from llmos_edge.device.protocol import PHASES
 from llmos_edge.errors import LlmosError
 
 from .conftest import BundleFactory

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from llmos_edge.deploy import commands
-from llmos_edge.deploy.agent import PHASES
-from llmos_edge.deploy.remote import RC_LOCKED, AgentFailed
+from llmos_edge.deploy.remote import AgentFailed
 from llmos_edge.deploy.run import DeployOptions, Events, SmokeFailed, deploy_to
 from llmos_edge.deploy.source import load_bundle
+from llmos_edge.device.protocol import PHASES, RC_LOCKED
 from llmos_edge.errors import DeviceError
 
 from .conftest import BundleFactory

@@ -109,6 +109,6 @@ def test_deploy_to_local_machine(tmp_path: Path, signing_key: tuple[Path, Path])
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
             assert b"1.0.0" in r.read()
     finally:
-        from llmos_edge.deploy import agent
+        from llmos_edge.device import base, service
 
-        agent.service_stop(agent.Layout(str(root)))
+        service.service_stop(base.Layout(str(root)))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from llmos_edge.device import pack
 from llmos_edge.ota import export_mender
 
 MODULES_DIR = "/usr/share/mender/modules/v3"
@@ -55,8 +56,7 @@ class MenderDevice:
         (self.etc / "artifact_info").write_text("artifact_name=factory\n")
         (self.etc / "mender.conf").write_text(json.dumps({"ArtifactVerifyKey": str(verify_key)}))
         (self.data / "device_type").write_text(f"device_type={DEVICE_TYPE}\n")
-        module = Path(__file__).resolve().parents[2] / "llmos_edge" / "ota" / "mender_module.py"
-        (self.mods / "llmos-bundle").write_bytes(module.read_bytes())
+        (self.mods / "llmos-bundle").write_bytes(pack.updater_script())  # what bundles ship
         (self.mods / "llmos-bundle").chmod(0o755)
         self.root = base / "llmos"
         self.port = port

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from llmos_edge.device import pack
 from llmos_edge.errors import UserError
 from llmos_edge.ota import MENDER_TYPE, export_mender, export_rauc
 
@@ -94,7 +95,7 @@ def test_rauc_bundle_carries_the_install_hook(
     ex = _run("rauc", "extract", f"--keyring={cert}", out, tmp_path / "ex")
     assert ex.returncode == 0, ex.stderr
     hook = tmp_path / "ex" / RAUC_HOOK
-    assert hook.read_bytes() == (Path(__file__).parents[2] / "llmos_edge/ota/mender_module.py").read_bytes()
+    assert hook.read_bytes() == pack.updater_script()  # the packed updater, byte for byte
     assert hook.stat().st_mode & 0o111
     manifest_sha = hashlib.sha256((small_bundle / "manifest.json").read_bytes()).hexdigest()
     assert json.loads((tmp_path / "ex" / RAUC_META).read_text()) == {"manifest_sha256": manifest_sha}
@@ -163,11 +164,12 @@ def test_rauc_hook_outside_rauc_refuses_and_ignores_undeclared_hooks(tmp_path: P
     import os
     import sys
 
-    from llmos_edge.ota import mender_module
+    from llmos_edge.device import updater
     from llmos_edge.ota.rauc import RAUC_META
 
-    assert mender_module.RAUC_META == RAUC_META  # a standalone script: the name is written twice
-    script = Path(mender_module.__file__)
+    assert updater.RAUC_META == RAUC_META  # one name, in device/protocol.py
+    script = tmp_path / "llmos-hook"
+    script.write_bytes(pack.updater_script())  # the packed file RAUC runs
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAUC_")}
     env["LLMOS_OTA_CONFIG"] = str(tmp_path / "none.json")
     run = [sys.executable, str(script)]

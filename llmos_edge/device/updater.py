@@ -1,10 +1,10 @@
-#!/usr/bin/env python3
 """Device-side updater: a bundle image from a Mender artifact or a RAUC bundle goes through the agent.
 
-One stdlib-only python3 file with two front ends (every bundle carries a copy as bin/llmos-mender-module):
+Packed into one stdlib-only python3 file (`pack.updater_script()`) with two front ends (every bundle
+carries it as bin/llmos-mender-module):
 - Mender update module `llmos-bundle`: install as /usr/share/mender/modules/v3/llmos-bundle; Mender runs
   `llmos-bundle STATE WORKDIR` for each state.
-- RAUC install hook: `export_rauc` puts this file in the RAUC bundle as its hook with `hooks=install` on
+- RAUC install hook: `export_rauc` puts the packed file in the RAUC bundle as its hook with `hooks=install` on
   `[image.llmos]`; RAUC runs `<hook> slot-install` with RAUC_IMAGE_NAME (the image in the mounted bundle)
   and RAUC_BUNDLE_MOUNT_POINT (where llmos-ota.json names the manifest hash).
 
@@ -35,6 +35,8 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
+from . import protocol as P
+
 CONFIGS = ("/etc/llmos-edge/ota.json", "/etc/llmos-edge/mender.json")  # the first that exists
 DEFAULTS: dict[str, Any] = {
     "root": "/opt/llmos",
@@ -43,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "latency_scale": 1.0,
 }
 STATE_FILE = "llmos-state.json"  # in Mender's per-update tmp/: what ArtifactInstall changed
-RAUC_META = "llmos-ota.json"  # beside the image in a RAUC bundle: {"manifest_sha256": ...}
+RAUC_META = P.RAUC_META
 _CHUNK = 1 << 20
 
 
@@ -108,12 +110,12 @@ def read_head(image: str) -> tuple[bytes, str | None, bytes]:
     """(manifest.json bytes, manifest.sig text or None, bin/llmos-agent bytes), one pass over the image."""
     found: dict[str, bytes] = {}
     for info, f in _members(image):
-        if info.name in ("manifest.json", "manifest.sig", "bin/llmos-agent"):
+        if info.name in ("manifest.json", "manifest.sig", P.AGENT_FILE):
             found[info.name] = f.read()
-    if "manifest.json" not in found or "bin/llmos-agent" not in found:
+    if "manifest.json" not in found or P.AGENT_FILE not in found:
         raise ModuleError("the artifact's payload is not an llmos-edge bundle (no manifest.json or agent)")
     sig = found.get("manifest.sig")
-    return found["manifest.json"], None if sig is None else sig.decode(), found["bin/llmos-agent"]
+    return found["manifest.json"], None if sig is None else sig.decode(), found[P.AGENT_FILE]
 
 
 def check_manifest(raw: bytes, want: str | None, agent: bytes) -> dict[str, Any]:
@@ -122,9 +124,9 @@ def check_manifest(raw: bytes, want: str | None, agent: bytes) -> dict[str, Any]
     if want and want != got:
         raise ModuleError(f"manifest.json hash {got[:16]}… is not the artifact's {str(want)[:16]}…")
     manifest: dict[str, Any] = json.loads(raw)
-    entry = manifest.get("files", {}).get("bin/llmos-agent", {})
+    entry = manifest.get("files", {}).get(P.AGENT_FILE, {})
     if entry.get("sha256") != hashlib.sha256(agent).hexdigest():
-        raise ModuleError("bin/llmos-agent does not match its manifest entry; refusing to run it")
+        raise ModuleError(f"{P.AGENT_FILE} does not match its manifest entry; refusing to run it")
     return manifest
 
 
@@ -164,7 +166,7 @@ class Lock:
 
     def __init__(self, agent: Agent, token: str, owner: str) -> None:
         self.proc = subprocess.Popen(
-            agent.argv("hold", "--token", token, "--owner", owner),
+            agent.argv(P.HOLD, "--token", token, "--owner", owner),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -187,12 +189,12 @@ class Lock:
 def send_blobs(agent: Agent, image: str, manifest: dict[str, Any], token: str) -> int:
     """Stream the blobs the store lacks into staging, then have the agent verify and keep them."""
     blobs = {e["sha256"]: int(e["size"]) for e in manifest["files"].values()}
-    present = set(agent.call("have", data={"files": blobs})["present"])
+    present = set(agent.call(P.HAVE, data={"files": blobs})["present"])
     todo = {sha: size for sha, size in blobs.items() if sha not in present}
     if not todo:
         return 0
     proc = subprocess.Popen(
-        agent.argv("receive", "--token", token),
+        agent.argv(P.RECEIVE, "--token", token),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -210,8 +212,8 @@ def send_blobs(agent: Agent, image: str, manifest: dict[str, Any], token: str) -
             proc.stdin.write(chunk)
         sent.add(entry["sha256"])
     out, err = proc.communicate()
-    Agent._answer("receive", proc.returncode, out, err)
-    res = agent.call("commit", "--token", token, data={"files": todo})
+    Agent._answer(P.RECEIVE, proc.returncode, out, err)
+    res = agent.call(P.COMMIT, "--token", token, data={"files": todo})
     if res["bad"] or res["missing"]:
         raise ModuleError(
             f"{len(res['bad']) + len(res['missing'])} file(s) of the bundle failed verification"
@@ -230,16 +232,16 @@ def install_image(image: str, want: str | None, state_dir: str, cfg: dict[str, A
     with open(agent_path, "wb") as f:
         f.write(agent_bytes)
     agent = Agent(agent_path, cfg["root"])
-    before = agent.call("status").get("current")
+    before = agent.call(P.STATUS).get("current")
     token = hashlib.sha256(os.urandom(32)).hexdigest()[:32]
     lock = Lock(agent, token, via)
     try:
         sent = send_blobs(agent, image, manifest, token)
         data = {"manifest": raw.decode(), "signature": sig, "audit": {"via": via, "bytes": sent}}
-        agent.call("install", "--token", token, "--version", version, data=data)
-        agent.call("clean-staging", "--token", token)
+        agent.call(P.INSTALL, "--token", token, "--version", version, data=data)
+        agent.call(P.CLEAN_STAGING, "--token", token)
         py = ["--python", cfg["python"]] if cfg["python"] else []
-        agent.call("prepare", "--token", token, "--version", version, *py, timeout=3600)
+        agent.call(P.PREPARE, "--token", token, "--version", version, *py, timeout=3600)
         _remember(state_dir, {"version": version, "previous": before})
         activate = [
             "--token",
@@ -254,7 +256,7 @@ def install_image(image: str, want: str | None, state_dir: str, cfg: dict[str, A
             "--latency-scale",
             str(cfg["latency_scale"]),
         ]
-        agent.call("activate", *activate, timeout=float(cfg["smoke_timeout"]) * 3 + 60)
+        agent.call(P.ACTIVATE, *activate, timeout=float(cfg["smoke_timeout"]) * 3 + 60)
     except AgentRefused as exc:
         restored = exc.res.get("restored")
         tail = str(exc.res.get("smoke") or "")[-1500:]
@@ -284,11 +286,11 @@ def artifact_rollback(workdir: str, cfg: dict[str, Any]) -> None:
     except FileNotFoundError:
         log("nothing was installed by this update; nothing to roll back")
         return
-    installed = os.path.join(cfg["root"], "bin", "llmos-agent")
+    installed = os.path.join(cfg["root"], P.AGENT_FILE)
     agent = Agent(
         installed if os.path.isfile(installed) else os.path.join(workdir, "tmp", "llmos-agent"), cfg["root"]
     )
-    current = agent.call("status").get("current")
+    current = agent.call(P.STATUS).get("current")
     if current != state["version"]:
         log(f"{state['version']} is not active (serving {current}); nothing to roll back")
         return
@@ -366,5 +368,3 @@ def rauc_main(hook: str) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
