@@ -85,7 +85,11 @@ def test_device_smoke_passes_and_writes_report(decoder_dir: Path, tmp_path: Path
     assert p.returncode == 0, p.stdout + p.stderr
     report = json.loads(rep.read_text())
     assert report["ok"] is True and len(report["results"]) == 2
-    assert report["summary"]["first_token_ms_median"] > 0 and report["summary"]["tokens_per_s_median"] > 1
+    summary = report["summary"]
+    # the decode rate is n/a when the (trained, terse) tiny model answers in one piece; the whole-request
+    # rate, a lower bound of it, is always measured
+    assert summary["first_token_ms_median"] > 0 and summary["request_tokens_per_s_median"] > 1
+    assert summary["tokens_per_s_median"] is None or summary["tokens_per_s_median"] > 1
 
 
 @pytest.mark.parametrize(
