@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import click
 import pytest
+from cli_process import llmos
 
 from llmos_edge.cli import main as cli_main
 
 HERE = Path(__file__).parent
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmos_edge", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-    )
+run_cli = llmos
 
 
 def test_every_command_has_help() -> None:

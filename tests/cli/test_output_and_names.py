@@ -13,6 +13,7 @@ import termios
 from pathlib import Path
 
 import pytest
+from cli_process import llmos
 from click.testing import CliRunner
 
 from llmos_edge import spec
@@ -22,14 +23,7 @@ from llmos_edge.errors import SpecError, UserError
 TARGETS = [t.name for t in spec.list_targets()]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmos_edge", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=60,
-    )
+run_cli = llmos
 
 
 def test_targets_list_piped_and_grepped_exactly_as_typed() -> None:

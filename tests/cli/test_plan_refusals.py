@@ -9,11 +9,11 @@ import json
 import os
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli_process import llmos
 
 from llmos_edge.errors import UserError
 from llmos_edge.stages.probe import gguf_architecture
@@ -23,13 +23,7 @@ FAST_S = 5.0
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], float]:
     t0 = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "llmos_edge", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=60,
-    )
+    proc = llmos(*args, env=env, timeout=60)
     return proc, time.monotonic() - t0
 
 

@@ -4,7 +4,6 @@ real HTTP (chat vs completion, /v1/models mode), the CLIs and smoke follow it. R
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_process import llmos
 
 from llmos_edge.errors import UserError
 from llmos_edge.runtime.descriptor import read_descriptor
@@ -172,13 +172,7 @@ def test_recipe_template_is_what_the_engine_renders(custom_dir: Path) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmos_edge", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    return llmos(*args, env={"PYTHONUNBUFFERED": "1"})
 
 
 def test_run_on_a_base_model_says_completion_and_raw_works(base_dir: Path) -> None:

@@ -6,12 +6,10 @@ Run through the real CLI (`python -m llmos_edge ...`) so the exit code is the on
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_process import llmos
 
 from llmos_edge.errors import SpecError
 from llmos_edge.spec.limits import MAX_DEPTH, nesting_depth, read_toml
@@ -20,9 +18,7 @@ HERE = Path(__file__).parent
 DEEP = 100_000
 
 
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "llmos_edge", *args], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **env})
+_cli = llmos
 
 
 def _deep_target(folder: Path, name: str, nest: str) -> Path:
