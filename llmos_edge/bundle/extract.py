@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from ..device.base import pid_alive
 from ..errors import CheckFailed, UserError
-from ..fsutil import ensure_free_space, is_disk_full, pid_alive
+from ..fsutil import ensure_free_space, is_disk_full
 from ..paths import cache_root
 from . import manifest as mf
 

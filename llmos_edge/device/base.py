@@ -118,6 +118,21 @@ class Layout:
         return os.path.join(self.state, name)
 
 
+def pid_alive(pid: int) -> bool:
+    """A process with this pid runs (another user's too: EPERM means alive); a zombie does not count."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
 def sha256_path(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

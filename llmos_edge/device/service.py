@@ -14,7 +14,17 @@ import subprocess
 import sys
 import time
 
-from .base import AgentError, Layout, audit, boot_id, has_systemd, is_resource_error, read_json, write_atomic
+from .base import (
+    AgentError,
+    Layout,
+    audit,
+    boot_id,
+    has_systemd,
+    is_resource_error,
+    pid_alive,
+    read_json,
+    write_atomic,
+)
 from .protocol import RC_REFUSED, RC_RESOURCE
 from .venv import python_for
 
@@ -26,20 +36,6 @@ def runtime_endpoint(release: str) -> tuple[str, int]:
     return str(cfg.get("host", "127.0.0.1")), int(cfg.get("port", 8088))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def pidfile_pid(lay: Layout, name: str) -> int | None:
     """The live process recorded in state/<name>.pid (service = the runtime, bridge = ESP32 bridge).
 
@@ -48,7 +44,7 @@ def pidfile_pid(lay: Layout, name: str) -> int | None:
     info = read_json(lay.st(f"{name}.pid"))
     if not isinstance(info, dict) or info.get("boot_id", boot_id()) != boot_id():
         return None
-    if _pid_alive(int(info["pid"])):
+    if pid_alive(int(info["pid"])):
         return int(info["pid"])
     return None
 
@@ -91,7 +87,7 @@ def release_processes(lay: Layout) -> dict[int, tuple[str, str]]:
                 continue
             version, _, rest = arg[len(base) :].partition("/")
             kind = {"config/runtime.json": "runtime", "bin/llmos-bridge": "bridge"}.get(rest)
-            if kind and _pid_alive(int(entry)):
+            if kind and pid_alive(int(entry)):
                 found[int(entry)] = (version, kind)
                 break
     return found
@@ -156,7 +152,7 @@ def _kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _pid_alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
