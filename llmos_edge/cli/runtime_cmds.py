@@ -6,10 +6,10 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -118,7 +118,10 @@ device_key_opt = click.option(
 )
 
 
-def trust_opts(f: Any) -> Any:
+Command = TypeVar("Command", bound=Callable[..., object])
+
+
+def trust_opts(f: Command) -> Command:
     """--key / --allow-unsigned, as for deploy and verify."""
     f = click.option("--allow-unsigned", is_flag=True,
                      help="load a bundle without a valid signature (warned and recorded)")(f)

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 
 from .base import AgentError, Layout, audit, boot_id, read_json, uptime
 from .protocol import RC_LOCKED
@@ -123,7 +124,7 @@ def require_lock(lay: Layout, token: str | None) -> None:
 
 
 @contextlib.contextmanager
-def work_lock(lay: Layout, work: str):  # type: ignore[no-untyped-def]
+def work_lock(lay: Layout, work: str) -> Iterator[None]:
     """Held by this process while it changes releases or the service; SIGHUP/SIGPIPE cannot end it."""
     lay.ensure()
     fd = _try_flock(lay.st("work.lock"))
